@@ -1,0 +1,559 @@
+//! Typed settings read once from the environment (and `.env` in development).
+//!
+//! Quotebook's own variable names win over the names used by Neon's Next.js guide
+//! (`AUTH0_BASE_URL`, `AUTH0_SECRET`, `AUTH0_ISSUER_BASE_URL`), so a `.env.local` copied from the
+//! guide works unchanged and can be migrated one variable at a time.
+
+use std::{collections::HashMap, fmt, net::IpAddr, path::PathBuf, time::Duration};
+
+use url::Url;
+
+/// A value that must never be printed: `Debug` and `Display` show `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppEnv {
+    Development,
+    Production,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenAuthMethod {
+    /// `client_secret_post`: Auth0's default for a Regular Web Application.
+    Post,
+    /// `client_secret_basic`: HTTP Basic, as some providers require.
+    Basic,
+}
+
+/// Where sign-in and the Management API live.
+#[derive(Debug, Clone)]
+pub enum IdentityProvider {
+    /// A real OpenID provider (Auth0 or any other standards-following one).
+    External { issuer: Url },
+    /// The built-in Auth0 emulator, started in-process on `bind` (development only).
+    Emulator { bind: std::net::SocketAddr },
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub provider: IdentityProvider,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub token_auth: TokenAuthMethod,
+    /// Client used for the Management API (client credentials); defaults to the app's client.
+    pub mgmt_client_id: String,
+    pub mgmt_client_secret: Secret,
+    /// Namespaced ID-token claim holding the user's roles (Auth0 drops bare names like `roles`).
+    pub roles_claim: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    /// `DATABASE_URL`; `None` starts a local cluster under `data_dir`.
+    pub url: Option<Secret>,
+    /// `DATABASE_URL_DIRECT`: unpooled endpoint for migrations, jobs and advisory locks.
+    pub direct_url: Option<Secret>,
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    pub secret: Option<Secret>,
+    pub idle_timeout: Duration,
+    pub absolute_lifetime: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    pub api_token: Option<Secret>,
+    pub emails: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SyncSettings {
+    /// Cron expression (seconds field first) for incremental syncs.
+    pub incremental_schedule: String,
+    /// Cron expression for full syncs.
+    pub full_schedule: String,
+    /// Days a user marked deleted keeps their quote before it is purged.
+    pub purge_after_days: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub env: AppEnv,
+    pub host: IpAddr,
+    pub port: u16,
+    pub base_url: Url,
+    pub data_dir: PathBuf,
+    pub body_limit: usize,
+    pub request_timeout: Duration,
+    /// Trust `X-Forwarded-Proto` / `Fly-Client-IP` (only behind a proxy that sets them).
+    pub trust_proxy_headers: bool,
+    pub database: DatabaseSettings,
+    pub auth: AuthSettings,
+    pub session: SessionSettings,
+    pub admin: AdminSettings,
+    pub sync: SyncSettings,
+}
+
+/// A setting that could not be accepted; the message names the variable and what it expects.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}: {expected}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub expected: String,
+}
+
+impl ConfigError {
+    fn new(var: &'static str, expected: impl Into<String>) -> Self {
+        Self {
+            var,
+            expected: expected.into(),
+        }
+    }
+}
+
+/// Default credentials registered with the built-in emulator (also in `.env.example`).
+pub const DEV_CLIENT_ID: &str = "quotebook-dev";
+pub const DEV_CLIENT_SECRET: &str = "quotebook-dev-secret";
+pub const DEFAULT_ROLES_CLAIM: &str = "https://quotebook.example/roles";
+
+impl Settings {
+    /// Reads `.env` (development convenience) and then the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        // A missing .env is normal; a malformed one would silently drop settings, so report it.
+        for file in [".env", ".env.local"] {
+            if let Err(err) = dotenvy::from_filename(file)
+                && !err.not_found()
+            {
+                return Err(ConfigError::new(
+                    "DOTENV",
+                    format!("{file} could not be read: {err}"),
+                ));
+            }
+        }
+        let vars: HashMap<String, String> = std::env::vars().collect();
+        Self::from_vars(&vars)
+    }
+
+    /// Builds settings from a map of variables: the testable core of `from_env`.
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| {
+            vars.get(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let first = |names: &[&'static str]| {
+            names
+                .iter()
+                .find_map(|name| get(name).map(|value| (*name, value)))
+        };
+
+        let env = match get("APP_ENV").as_deref() {
+            None | Some("development" | "dev") => AppEnv::Development,
+            Some("production" | "prod") => AppEnv::Production,
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "APP_ENV",
+                    "expected `development` or `production`",
+                ));
+            }
+        };
+        let production = env == AppEnv::Production;
+
+        let port = match get("PORT") {
+            None => 3000,
+            Some(raw) => raw.parse::<u16>().map_err(|_| {
+                ConfigError::new(
+                    "PORT",
+                    format!("expected a port number 0-65535, got {raw:?}"),
+                )
+            })?,
+        };
+        let host = match get("HOST") {
+            None if production => IpAddr::from([0, 0, 0, 0]),
+            None => IpAddr::from([127, 0, 0, 1]),
+            Some(raw) => raw.parse().map_err(|_| {
+                ConfigError::new("HOST", format!("expected an IP address, got {raw:?}"))
+            })?,
+        };
+
+        let base_url = match first(&["APP_BASE_URL", "AUTH0_BASE_URL"]) {
+            None if production => {
+                return Err(ConfigError::new(
+                    "APP_BASE_URL",
+                    "required in production: the public https URL of the app",
+                ));
+            }
+            None => Url::parse(&format!("http://localhost:{port}"))
+                .map_err(|e| ConfigError::new("PORT", e.to_string()))?,
+            Some((var, raw)) => parse_http_url(var, &raw)?,
+        };
+        if production && base_url.scheme() != "https" {
+            return Err(ConfigError::new(
+                "APP_BASE_URL",
+                "must be an https URL in production",
+            ));
+        }
+
+        let auth = auth_settings(&get, production)?;
+
+        let session_secret =
+            first(&["SESSION_SECRET", "AUTH0_SECRET"]).map(|(_, v)| Secret::new(v));
+        if production
+            && session_secret
+                .as_ref()
+                .is_none_or(|s| s.expose().len() < 32)
+        {
+            return Err(ConfigError::new(
+                "SESSION_SECRET",
+                "required in production: at least 32 random bytes (e.g. `openssl rand -hex 32`)",
+            ));
+        }
+
+        Ok(Self {
+            env,
+            host,
+            port,
+            base_url,
+            data_dir: get("DATA_DIR").map_or_else(|| PathBuf::from(".data"), PathBuf::from),
+            body_limit: parse_number(&get, "BODY_LIMIT_BYTES", 64 * 1024)?,
+            request_timeout: Duration::from_secs(parse_number(&get, "REQUEST_TIMEOUT_SECS", 15)?),
+            trust_proxy_headers: parse_bool(&get, "TRUST_PROXY_HEADERS", false)?,
+            database: DatabaseSettings {
+                url: get("DATABASE_URL").map(Secret::new),
+                direct_url: get("DATABASE_URL_DIRECT").map(Secret::new),
+                max_connections: parse_number(&get, "DATABASE_MAX_CONNECTIONS", 10)?,
+                acquire_timeout: Duration::from_millis(parse_number(
+                    &get,
+                    "DATABASE_ACQUIRE_TIMEOUT_MS",
+                    3000,
+                )?),
+            },
+            auth,
+            session: SessionSettings {
+                secret: session_secret,
+                idle_timeout: Duration::from_secs(parse_number(
+                    &get,
+                    "SESSION_IDLE_TIMEOUT_SECS",
+                    24 * 3600,
+                )?),
+                absolute_lifetime: Duration::from_secs(parse_number(
+                    &get,
+                    "SESSION_LIFETIME_SECS",
+                    7 * 24 * 3600,
+                )?),
+            },
+            admin: AdminSettings {
+                api_token: get("ADMIN_API_TOKEN").map(Secret::new),
+                emails: get("ADMIN_EMAILS")
+                    .map(|raw| {
+                        raw.split(',')
+                            .map(|e| e.trim().to_lowercase())
+                            .filter(|e| !e.is_empty())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            },
+            sync: SyncSettings {
+                incremental_schedule: get("SYNC_SCHEDULE")
+                    .unwrap_or_else(|| "0 */15 * * * *".to_owned()),
+                full_schedule: get("SYNC_FULL_SCHEDULE")
+                    .unwrap_or_else(|| "0 30 3 * * *".to_owned()),
+                purge_after_days: parse_number(&get, "SYNC_PURGE_AFTER_DAYS", 30)?,
+            },
+        })
+    }
+
+    pub fn is_production(&self) -> bool {
+        self.env == AppEnv::Production
+    }
+
+    /// The OIDC redirect URI registered with the provider.
+    pub fn callback_url(&self) -> Url {
+        let mut url = self.base_url.clone();
+        url.set_path("/auth/callback");
+        url
+    }
+
+    /// Cookies get `Secure` and the `__Host-` prefix when the app is served over https.
+    pub fn secure_cookies(&self) -> bool {
+        self.base_url.scheme() == "https"
+    }
+}
+
+fn auth_settings(
+    get: &impl Fn(&str) -> Option<String>,
+    production: bool,
+) -> Result<AuthSettings, ConfigError> {
+    let wants_emulator = parse_bool(get, "AUTH0_EMULATOR", false)?;
+    let issuer = match (get("AUTH0_DOMAIN"), get("AUTH0_ISSUER_BASE_URL")) {
+        (Some(domain), _) => {
+            let domain = domain.trim_end_matches('/');
+            let domain = domain.strip_prefix("https://").unwrap_or(domain);
+            Some(parse_http_url(
+                "AUTH0_DOMAIN",
+                &format!("https://{domain}/"),
+            )?)
+        }
+        (None, Some(raw)) => {
+            let mut url = parse_http_url("AUTH0_ISSUER_BASE_URL", &raw)?;
+            // Auth0's issuer carries a trailing slash and ID tokens are compared exactly.
+            if !url.path().ends_with('/') {
+                let path = format!("{}/", url.path());
+                url.set_path(&path);
+            }
+            Some(url)
+        }
+        (None, None) => None,
+    };
+
+    let provider = match issuer {
+        _ if wants_emulator && production => {
+            return Err(ConfigError::new(
+                "AUTH0_EMULATOR",
+                "the Auth0 emulator is for development only and cannot run with APP_ENV=production",
+            ));
+        }
+        Some(issuer) if !wants_emulator => {
+            if production && issuer.scheme() != "https" {
+                return Err(ConfigError::new(
+                    "AUTH0_ISSUER_BASE_URL",
+                    "must be an https URL in production",
+                ));
+            }
+            IdentityProvider::External { issuer }
+        }
+        _ if production => {
+            return Err(ConfigError::new(
+                "AUTH0_DOMAIN",
+                "required in production (e.g. your-tenant.us.auth0.com)",
+            ));
+        }
+        _ => {
+            let raw = get("AUTH0_EMULATOR_ADDR").unwrap_or_else(|| "127.0.0.1:3001".to_owned());
+            let bind = raw.parse().map_err(|_| {
+                ConfigError::new(
+                    "AUTH0_EMULATOR_ADDR",
+                    format!("expected host:port, got {raw:?}"),
+                )
+            })?;
+            IdentityProvider::Emulator { bind }
+        }
+    };
+    let emulated = matches!(provider, IdentityProvider::Emulator { .. });
+
+    let client_id = match get("AUTH0_CLIENT_ID") {
+        Some(id) => id,
+        None if emulated => DEV_CLIENT_ID.to_owned(),
+        None => {
+            return Err(ConfigError::new(
+                "AUTH0_CLIENT_ID",
+                "required with AUTH0_DOMAIN: the Client ID of your Regular Web Application",
+            ));
+        }
+    };
+    let client_secret = match get("AUTH0_CLIENT_SECRET") {
+        Some(secret) => Secret::new(secret),
+        None if emulated => Secret::new(DEV_CLIENT_SECRET),
+        None => {
+            return Err(ConfigError::new(
+                "AUTH0_CLIENT_SECRET",
+                "required with AUTH0_DOMAIN: the Client Secret of your Regular Web Application",
+            ));
+        }
+    };
+    let token_auth = match get("AUTH0_TOKEN_AUTH_METHOD").as_deref() {
+        None | Some("client_secret_post") => TokenAuthMethod::Post,
+        Some("client_secret_basic") => TokenAuthMethod::Basic,
+        Some(_) => {
+            return Err(ConfigError::new(
+                "AUTH0_TOKEN_AUTH_METHOD",
+                "expected `client_secret_post` or `client_secret_basic`",
+            ));
+        }
+    };
+    Ok(AuthSettings {
+        mgmt_client_id: get("AUTH0_MGMT_CLIENT_ID").unwrap_or_else(|| client_id.clone()),
+        mgmt_client_secret: get("AUTH0_MGMT_CLIENT_SECRET")
+            .map(Secret::new)
+            .unwrap_or_else(|| client_secret.clone()),
+        provider,
+        client_id,
+        client_secret,
+        token_auth,
+        roles_claim: get("AUTH0_ROLES_CLAIM").unwrap_or_else(|| DEFAULT_ROLES_CLAIM.to_owned()),
+    })
+}
+
+fn parse_http_url(var: &'static str, raw: &str) -> Result<Url, ConfigError> {
+    match Url::parse(raw) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(url),
+        _ => Err(ConfigError::new(
+            var,
+            format!("expected an http(s) URL such as https://example.com, got {raw:?}"),
+        )),
+    }
+}
+
+fn parse_number<T: std::str::FromStr>(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: T,
+) -> Result<T, ConfigError> {
+    match get(var) {
+        None => Ok(default),
+        Some(raw) => raw
+            .parse()
+            .map_err(|_| ConfigError::new(var, format!("expected a whole number, got {raw:?}"))),
+    }
+}
+
+fn parse_bool(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    match get(var).as_deref() {
+        None => Ok(default),
+        Some("1" | "true" | "yes" | "on") => Ok(true),
+        Some("0" | "false" | "no" | "off") => Ok(false),
+        Some(raw) => Err(ConfigError::new(
+            var,
+            format!("expected true or false, got {raw:?}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn production() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("APP_ENV", "production"),
+            ("APP_BASE_URL", "https://quotebook.fly.dev"),
+            ("AUTH0_DOMAIN", "tenant.us.auth0.com"),
+            ("AUTH0_CLIENT_ID", "id"),
+            ("AUTH0_CLIENT_SECRET", "client-secret-value"),
+            ("SESSION_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("DATABASE_URL", "postgres://u:p@h/db"),
+        ]
+    }
+
+    #[test]
+    fn empty_environment_is_a_working_development_setup() {
+        let s = Settings::from_vars(&HashMap::new()).unwrap();
+        assert_eq!(s.port, 3000);
+        assert_eq!(s.base_url.as_str(), "http://localhost:3000/");
+        assert!(matches!(s.auth.provider, IdentityProvider::Emulator { .. }));
+        assert!(s.database.url.is_none());
+    }
+
+    #[test]
+    fn bad_port_names_the_variable() {
+        let err = Settings::from_vars(&vars(&[("PORT", "abc")])).unwrap_err();
+        assert_eq!(err.var, "PORT");
+        assert!(err.to_string().contains("abc"));
+    }
+
+    #[test]
+    fn production_requires_a_long_session_secret_and_never_starts_the_emulator() {
+        let mut p = production();
+        assert!(Settings::from_vars(&vars(&p)).is_ok());
+        p.retain(|(k, _)| *k != "SESSION_SECRET");
+        p.push(("SESSION_SECRET", "short"));
+        assert_eq!(
+            Settings::from_vars(&vars(&p)).unwrap_err().var,
+            "SESSION_SECRET"
+        );
+
+        let mut p = production();
+        p.push(("AUTH0_EMULATOR", "true"));
+        assert_eq!(
+            Settings::from_vars(&vars(&p)).unwrap_err().var,
+            "AUTH0_EMULATOR"
+        );
+
+        let mut p = production();
+        p.retain(|(k, _)| *k != "AUTH0_DOMAIN");
+        assert_eq!(
+            Settings::from_vars(&vars(&p)).unwrap_err().var,
+            "AUTH0_DOMAIN"
+        );
+    }
+
+    #[test]
+    fn seed_guide_names_are_accepted_and_ours_win() {
+        let s = Settings::from_vars(&vars(&[
+            ("AUTH0_ISSUER_BASE_URL", "https://tenant.us.auth0.com"),
+            ("AUTH0_BASE_URL", "http://localhost:4000"),
+            ("AUTH0_CLIENT_ID", "id"),
+            ("AUTH0_CLIENT_SECRET", "s"),
+            ("AUTH0_SECRET", "guide-secret"),
+        ]))
+        .unwrap();
+        match s.auth.provider {
+            IdentityProvider::External { issuer } => {
+                assert_eq!(issuer.as_str(), "https://tenant.us.auth0.com/")
+            }
+            other => panic!("expected an external provider, got {other:?}"),
+        }
+        assert_eq!(s.base_url.as_str(), "http://localhost:4000/");
+        assert_eq!(s.session.secret.unwrap().expose(), "guide-secret");
+
+        let s = Settings::from_vars(&vars(&[
+            ("AUTH0_BASE_URL", "http://localhost:4000"),
+            ("APP_BASE_URL", "http://localhost:5000"),
+        ]))
+        .unwrap();
+        assert_eq!(s.base_url.as_str(), "http://localhost:5000/");
+    }
+
+    #[test]
+    fn base_url_must_be_a_url() {
+        let err = Settings::from_vars(&vars(&[("APP_BASE_URL", "not a url")])).unwrap_err();
+        assert_eq!(err.var, "APP_BASE_URL");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Settings::from_vars(&vars(&production())).unwrap();
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("client-secret-value"));
+        assert!(!shown.contains("0123456789abcdef"));
+        assert!(!shown.contains("postgres://u:p@h/db"));
+    }
+}

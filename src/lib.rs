@@ -1,0 +1,11 @@
+//! quotebook: keep one favourite quote, signed in with Auth0; a background job mirrors Auth0's
+//! users into Postgres. See README.md for running, testing and deploying.
+
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod http_stack;
+pub mod local_postgres;
+pub mod startup;
+pub mod telemetry;
+pub mod web;

@@ -1,0 +1,6 @@
+//! Shared web pieces: the page shell, htmx helpers, static assets and health endpoints.
+
+pub mod assets;
+pub mod health;
+pub mod htmx;
+pub mod layout;
