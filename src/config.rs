@@ -104,6 +104,14 @@ pub struct SyncSettings {
 }
 
 #[derive(Debug, Clone)]
+pub struct MetricsSettings {
+    /// `METRICS_TOKEN`: bearer token for `/metrics` on the main port.
+    pub token: Option<Secret>,
+    /// `METRICS_ADDR`: a separate (private) listener for `/metrics`, e.g. `0.0.0.0:9091` on Fly.
+    pub addr: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
 pub struct Settings {
     pub env: AppEnv,
     pub host: IpAddr,
@@ -119,6 +127,7 @@ pub struct Settings {
     pub session: SessionSettings,
     pub admin: AdminSettings,
     pub sync: SyncSettings,
+    pub metrics: MetricsSettings,
 }
 
 /// A setting that could not be accepted; the message names the variable and what it expects.
@@ -286,6 +295,15 @@ impl Settings {
                 full_schedule: get("SYNC_FULL_SCHEDULE")
                     .unwrap_or_else(|| "0 30 3 * * *".to_owned()),
                 purge_after_days: parse_number(&get, "SYNC_PURGE_AFTER_DAYS", 30)?,
+            },
+            metrics: MetricsSettings {
+                token: get("METRICS_TOKEN").map(Secret::new),
+                addr: match get("METRICS_ADDR") {
+                    None => None,
+                    Some(raw) => Some(raw.parse().map_err(|_| {
+                        ConfigError::new("METRICS_ADDR", format!("expected host:port, got {raw:?}"))
+                    })?),
+                },
             },
         })
     }

@@ -7,6 +7,7 @@ pub mod db;
 pub mod error;
 pub mod http_stack;
 pub mod local_postgres;
+pub mod observability;
 pub mod quotes;
 pub mod startup;
 pub mod telemetry;

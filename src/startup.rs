@@ -18,6 +18,7 @@ use crate::{
     db,
     http_stack::{self, StackSettings},
     local_postgres::LocalPostgres,
+    observability::named,
     web,
 };
 
@@ -27,6 +28,7 @@ pub struct AppState {
     pub db: PgPool,
     pub settings: Arc<Settings>,
     pub oidc: Arc<OidcProvider>,
+    pub sessions: PgSessionStore,
 }
 
 /// The database the app uses, and the local cluster behind it when we started one.
@@ -90,6 +92,7 @@ pub struct Application {
 impl Application {
     /// Opens the database, migrates it, builds the routes and binds the listener (port 0 works).
     pub async fn build(mut settings: Settings) -> anyhow::Result<Self> {
+        crate::observability::recorder();
         let database = Database::open(&settings).await?;
         db::migrate(&database.pool).await?;
 
@@ -127,6 +130,7 @@ impl Application {
             db: database.pool.clone(),
             settings: settings.clone(),
             oidc,
+            sessions: PgSessionStore::new(database.pool.clone()),
         };
         let sessions = SessionMiddleware {
             store: PgSessionStore::new(database.pool.clone()),
@@ -136,7 +140,12 @@ impl Application {
                 settings.session.absolute_lifetime,
             )),
         };
-        let reaper = tokio::spawn(crate::auth::reap_sessions(sessions.store.clone()));
+        let mut background = vec![tokio::spawn(crate::auth::reap_sessions(
+            sessions.store.clone(),
+        ))];
+        if let Some(addr) = settings.metrics.addr {
+            background.push(serve_private_metrics(addr, state.clone()).await?);
+        }
 
         let sessions = Arc::new(sessions);
         let app = http_stack::wrap(
@@ -154,7 +163,7 @@ impl Application {
         );
         Ok(Self {
             port,
-            background: vec![reaper],
+            background,
             acceptor: acceptor.boxed(),
             app,
             database,
@@ -191,9 +200,30 @@ impl Application {
 fn routes() -> Route {
     crate::quotes::routes()
         .nest("/auth", crate::auth::routes())
-        .at("/healthz", get(web::health::healthz))
-        .at("/readyz", get(web::health::readyz))
-        .at("/assets/:name", get(web::assets::serve))
+        .at("/healthz", named("/healthz", get(web::health::healthz)))
+        .at("/readyz", named("/readyz", get(web::health::readyz)))
+        .at(
+            "/assets/:name",
+            named("/assets/:name", get(web::assets::serve)),
+        )
+        .at("/metrics", named("/metrics", get(web::metrics::scrape)))
+}
+
+/// `/metrics` on its own (private) listener, e.g. Fly's metrics port.
+async fn serve_private_metrics(
+    addr: std::net::SocketAddr,
+    state: AppState,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let acceptor = TcpListener::bind(addr).into_acceptor().await?;
+    let app = Route::new()
+        .at("/metrics", get(web::metrics::private_metrics))
+        .data(state);
+    tracing::info!(%addr, "metrics listener");
+    Ok(tokio::spawn(async move {
+        if let Err(err) = Server::new_with_acceptor(acceptor).run(app).await {
+            tracing::error!(error = %err, "metrics listener stopped");
+        }
+    }))
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM (Fly, Docker, systemd).

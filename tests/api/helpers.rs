@@ -289,3 +289,171 @@ pub fn client() -> reqwest::Client {
         .build()
         .expect("client")
 }
+
+/// A form found in an HTML page: where it posts and its hidden fields.
+#[derive(Debug, Clone)]
+pub struct HtmlForm {
+    pub action: String,
+    pub method: String,
+    pub hidden: Vec<(String, String)>,
+}
+
+/// The first `<form>` in `html` that has an input named `field` (any provider's login page
+/// with an email box will do).
+pub fn find_form(html: &str, field: &str) -> Option<HtmlForm> {
+    let mut rest = html;
+    while let Some(start) = rest.find("<form") {
+        let end = rest[start..].find("</form>").map(|e| start + e)?;
+        let form = &rest[start..end];
+        if form.contains(&format!("name=\"{field}\"")) {
+            let open_tag = &form[..form.find('>')?];
+            let mut hidden = Vec::new();
+            let mut inputs = form;
+            while let Some(i) = inputs.find("<input") {
+                let tag_end = inputs[i..].find('>').map(|e| i + e)?;
+                let tag = &inputs[i..tag_end];
+                if attr(tag, "type").as_deref() == Some("hidden") {
+                    if let (Some(name), value) = (attr(tag, "name"), attr(tag, "value")) {
+                        hidden.push((name, value.unwrap_or_default()));
+                    }
+                }
+                inputs = &inputs[tag_end..];
+            }
+            return Some(HtmlForm {
+                action: attr(open_tag, "action").unwrap_or_default(),
+                method: attr(open_tag, "method").unwrap_or_else(|| "get".into()),
+                hidden,
+            });
+        }
+        rest = &rest[end..];
+    }
+    None
+}
+
+/// The value of attribute `name` in a tag, entity-decoded.
+pub fn attr(tag: &str, name: &str) -> Option<String> {
+    let needle = format!(" {name}=\"");
+    let start = tag.find(&needle)? + needle.len();
+    let end = tag[start..].find('"')? + start;
+    Some(
+        tag[start..end]
+            .replace("&quot;", "\"")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&#39;", "'")
+            .replace("&amp;", "&"),
+    )
+}
+
+/// The CSRF token a signed-in page carries in `<meta name="csrf-token">`.
+pub fn csrf_token(html: &str) -> Option<String> {
+    let start = html.find("<meta name=\"csrf-token\"")?;
+    let end = html[start..].find('>')? + start;
+    attr(&html[start..end], "content")
+}
+
+pub fn location(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Steps of a login through the provider's pages, for tests that stop half-way.
+pub struct LoginSteps {
+    /// The provider's authorization URL the app redirected to.
+    pub authorize_url: url::Url,
+    /// The app's callback URL (with `code` and `state`) the provider redirected back to.
+    pub callback_url: String,
+}
+
+impl TestApp {
+    /// Walks the real flow with `client`: app → provider login page → form post → back to the
+    /// app's callback URL, which is returned un-followed.
+    pub async fn start_login(
+        &self,
+        client: &reqwest::Client,
+        email: &str,
+        next: &str,
+    ) -> LoginSteps {
+        let next = url::form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>();
+        let start = client
+            .get(self.url(&format!("/auth/login?next={next}")))
+            .send()
+            .await
+            .expect("login request");
+        assert_eq!(
+            start.status(),
+            reqwest::StatusCode::SEE_OTHER,
+            "login must redirect to the provider"
+        );
+        let authorize_url = url::Url::parse(&location(&start)).expect("authorize URL");
+        let page = client
+            .get(authorize_url.clone())
+            .send()
+            .await
+            .expect("authorize page");
+        assert_eq!(
+            page.status(),
+            reqwest::StatusCode::OK,
+            "provider login page"
+        );
+        let html = page.text().await.expect("login page body");
+        let form = find_form(&html, "email").expect("the login page has an email form");
+        let action = authorize_url.join(&form.action).expect("form action");
+        let mut fields = form.hidden.clone();
+        fields.push(("email".into(), email.into()));
+        let back = client
+            .post(action)
+            .form(&fields)
+            .send()
+            .await
+            .expect("login form post");
+        assert!(
+            back.status().is_redirection(),
+            "provider redirects back: {}",
+            back.status()
+        );
+        LoginSteps {
+            authorize_url,
+            callback_url: location(&back),
+        }
+    }
+
+    /// The whole login; returns the app's answer to the callback (a 303 to `next` on success).
+    pub async fn login_with(&self, client: &reqwest::Client, email: &str) -> reqwest::Response {
+        let steps = self.start_login(client, email, "/").await;
+        client
+            .get(&steps.callback_url)
+            .send()
+            .await
+            .expect("callback request")
+    }
+
+    /// A fresh client signed in as `email`.
+    pub async fn signed_in_client(&self, email: &str) -> reqwest::Client {
+        let client = client();
+        let response = self.login_with(&client, email).await;
+        assert_eq!(
+            response.status(),
+            reqwest::StatusCode::SEE_OTHER,
+            "login succeeds"
+        );
+        client
+    }
+
+    /// The CSRF token of the signed-in home page.
+    pub async fn csrf_for(&self, client: &reqwest::Client) -> String {
+        let html = client
+            .get(self.url("/"))
+            .send()
+            .await
+            .expect("home")
+            .text()
+            .await
+            .expect("home body");
+        csrf_token(&html).expect("signed-in pages carry a CSRF token")
+    }
+}
