@@ -3,6 +3,8 @@
 
 pub mod config;
 pub mod db;
+#[cfg(feature = "emulator")]
+pub mod emulator;
 pub mod error;
 pub mod http_stack;
 pub mod local_postgres;
