@@ -203,11 +203,100 @@ pub struct SearchPage {
     pub users: Vec<User>,
 }
 
+/// How a user is kept: about a third of a [`User`]'s size, so 100k users stay within tens of
+/// megabytes. Times are UNIX milliseconds (Auth0's precision); rarely set fields live in `extra`.
+struct Stored {
+    email: Arc<str>,
+    name: Box<str>,
+    nickname: Box<str>,
+    created_at: i64,
+    updated_at: i64,
+    last_login: Option<i64>,
+    logins_count: u64,
+    email_verified: bool,
+    blocked: bool,
+    roles: Box<[Box<str>]>,
+    extra: Option<Box<Extra>>,
+}
+
+struct Extra {
+    picture: Option<String>,
+    given_name: Option<String>,
+    family_name: Option<String>,
+    app_metadata: Map<String, Value>,
+    user_metadata: Map<String, Value>,
+}
+
+fn millis(at: DateTime<Utc>) -> i64 {
+    at.timestamp_millis()
+}
+
+fn from_millis(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+impl Stored {
+    fn to_user(&self, user_id: &str) -> User {
+        let extra = self.extra.as_deref();
+        User {
+            user_id: user_id.to_owned(),
+            email: self.email.to_string(),
+            email_verified: self.email_verified,
+            name: self.name.to_string(),
+            nickname: self.nickname.to_string(),
+            picture: extra.and_then(|e| e.picture.clone()),
+            given_name: extra.and_then(|e| e.given_name.clone()),
+            family_name: extra.and_then(|e| e.family_name.clone()),
+            created_at: from_millis(self.created_at),
+            updated_at: from_millis(self.updated_at),
+            last_login: self.last_login.map(from_millis),
+            logins_count: self.logins_count,
+            blocked: self.blocked,
+            roles: self.roles.iter().map(|r| r.to_string()).collect(),
+            app_metadata: extra.map(|e| e.app_metadata.clone()).unwrap_or_default(),
+            user_metadata: extra.map(|e| e.user_metadata.clone()).unwrap_or_default(),
+        }
+    }
+
+    fn from_user(user: User) -> (Arc<str>, Stored) {
+        let has_extra = user.picture.is_some()
+            || user.given_name.is_some()
+            || user.family_name.is_some()
+            || !user.app_metadata.is_empty()
+            || !user.user_metadata.is_empty();
+        let extra = has_extra.then(|| {
+            Box::new(Extra {
+                picture: user.picture,
+                given_name: user.given_name,
+                family_name: user.family_name,
+                app_metadata: user.app_metadata,
+                user_metadata: user.user_metadata,
+            })
+        });
+        let stored = Stored {
+            email: Arc::from(user.email),
+            name: user.name.into_boxed_str(),
+            nickname: user.nickname.into_boxed_str(),
+            created_at: millis(user.created_at),
+            updated_at: millis(user.updated_at),
+            last_login: user.last_login.map(millis),
+            logins_count: user.logins_count,
+            email_verified: user.email_verified,
+            blocked: user.blocked,
+            roles: user.roles.into_iter().map(String::into_boxed_str).collect(),
+            extra,
+        };
+        (Arc::from(user.user_id), stored)
+    }
+}
+
 #[derive(Default)]
 struct Inner {
-    by_id: HashMap<Arc<str>, User>,
-    by_updated: BTreeSet<(DateTime<Utc>, Arc<str>)>,
-    by_email: HashMap<String, Arc<str>>,
+    by_id: HashMap<Arc<str>, Stored>,
+    /// `(updated_at millis, user_id)`: listing by `updated_at` and range searches walk this.
+    by_updated: BTreeSet<(i64, Arc<str>)>,
+    /// Emails are kept lower-cased (Auth0 does so for database users), one copy shared here.
+    by_email: HashMap<Arc<str>, Arc<str>>,
     /// The last `updated_at` handed out, so every change gets a later stamp than the one before
     /// (an incremental sync reading `updated_at:{watermark TO *]` never misses a change).
     last_stamp: Option<DateTime<Utc>>,
@@ -215,29 +304,32 @@ struct Inner {
 
 impl Inner {
     fn next_stamp(&mut self) -> DateTime<Utc> {
-        let now = Utc::now();
+        let now = from_millis(millis(Utc::now()));
         let stamp = match self.last_stamp {
             Some(last) if now <= last => last + Duration::milliseconds(1),
             _ => now,
         };
-        // Millisecond precision, like the timestamps Auth0 returns and accepts in queries.
-        let stamp = DateTime::from_timestamp_millis(stamp.timestamp_millis()).unwrap_or(stamp);
         self.last_stamp = Some(stamp);
         stamp
     }
 
     fn insert(&mut self, user: User) {
-        let id: Arc<str> = Arc::from(user.user_id.as_str());
-        self.by_updated.insert((user.updated_at, id.clone()));
-        self.by_email.insert(user.email.to_lowercase(), id.clone());
-        self.by_id.insert(id, user);
+        let (id, stored) = Stored::from_user(user);
+        self.by_updated.insert((stored.updated_at, id.clone()));
+        self.by_email.insert(stored.email.clone(), id.clone());
+        self.by_id.insert(id, stored);
     }
 
     fn remove(&mut self, user_id: &str) -> Option<User> {
-        let (id, user) = self.by_id.remove_entry(user_id)?;
-        self.by_updated.remove(&(user.updated_at, id));
-        self.by_email.remove(&user.email.to_lowercase());
-        Some(user)
+        let (id, stored) = self.by_id.remove_entry(user_id)?;
+        self.by_updated.remove(&(stored.updated_at, id.clone()));
+        self.by_email.remove(&stored.email);
+        Some(stored.to_user(&id))
+    }
+
+    fn get(&self, user_id: &str) -> Option<User> {
+        let (id, stored) = self.by_id.get_key_value(user_id)?;
+        Some(stored.to_user(id))
     }
 }
 
@@ -265,13 +357,13 @@ impl UserStore {
     }
 
     pub fn get(&self, user_id: &str) -> Option<User> {
-        self.read().by_id.get(user_id).cloned()
+        self.read().get(user_id)
     }
 
     pub fn find_by_email(&self, email: &str) -> Option<User> {
         let inner = self.read();
-        let id = inner.by_email.get(&email.to_lowercase())?;
-        inner.by_id.get(id).cloned()
+        let id = inner.by_email.get(email.trim().to_lowercase().as_str())?;
+        inner.get(id)
     }
 
     pub fn create(&self, new: NewUser) -> Result<User, StoreError> {
@@ -285,8 +377,7 @@ impl UserStore {
             None => random_user_id(),
         };
         let mut inner = self.write();
-        if inner.by_id.contains_key(user_id.as_str())
-            || inner.by_email.contains_key(&email.to_lowercase())
+        if inner.by_id.contains_key(user_id.as_str()) || inner.by_email.contains_key(email.as_str())
         {
             return Err(StoreError::Conflict);
         }
@@ -322,7 +413,7 @@ impl UserStore {
         let new_email = patch.email.as_deref().map(valid_email).transpose()?;
         let mut inner = self.write();
         if let Some(email) = &new_email
-            && let Some(owner) = inner.by_email.get(&email.to_lowercase())
+            && let Some(owner) = inner.by_email.get(email.as_str())
             && &**owner != user_id
         {
             return Err(StoreError::Conflict);
@@ -402,20 +493,19 @@ impl UserStore {
                 );
                 (format!("{first} {last}"), email, Vec::new())
             };
-            if inner.by_email.contains_key(&email) {
+            if inner.by_email.contains_key(email.as_str()) {
                 continue;
             }
             // One minute per user into the past; updated within that minute, so every
             // `updated_at` differs and all lie before any change made from now on.
             let created_at = now - Duration::minutes((n - i) as i64);
             let updated_at = created_at + Duration::milliseconds(rng.gen_range(0..59_999));
-            let (given, family) = name.split_once(' ').unwrap_or((name.as_str(), ""));
             let logins_count = rng.gen_range(0..40u64);
             let user = User {
                 user_id: random_user_id_with(&mut rng),
                 nickname: email.split('@').next().unwrap_or_default().to_owned(),
-                given_name: Some(given.to_owned()),
-                family_name: (!family.is_empty()).then(|| family.to_owned()),
+                given_name: None,
+                family_name: None,
                 email,
                 email_verified: i % 7 != 3,
                 name,
@@ -463,18 +553,18 @@ impl UserStore {
             .by_updated
             .iter()
             .rev()
-            .filter_map(|(_, id)| inner.by_id.get(id))
+            .filter_map(|(_, id)| inner.get(id))
             .take(limit)
-            .cloned()
             .collect();
         if !chosen.iter().any(|u| u.roles.iter().any(|r| r == "admin"))
             && let Some(admin) = inner
                 .by_id
-                .values()
-                .find(|u| u.roles.iter().any(|r| r == "admin"))
+                .iter()
+                .find(|(_, u)| u.roles.iter().any(|r| &**r == "admin"))
+                .map(|(id, u)| u.to_user(id))
         {
             chosen.truncate(limit.saturating_sub(1));
-            chosen.push(admin.clone());
+            chosen.push(admin);
         }
         chosen.sort_by_key(|u| !u.roles.iter().any(|r| r == "admin"));
         chosen
@@ -483,13 +573,13 @@ impl UserStore {
     /// The users matching `filter`, in `sort` order, `offset`/`limit` applied, with the total.
     pub fn search(&self, filter: &Filter, sort: Sort, offset: usize, limit: usize) -> SearchPage {
         let inner = self.read();
-        let keep = |user: &User| matches(filter, user);
-        let window = |iter: &mut dyn Iterator<Item = &User>| {
+        let keep = |(id, user): &(&Arc<str>, &Stored)| matches(filter, id, user);
+        let window = |iter: &mut dyn Iterator<Item = (&Arc<str>, &Stored)>| {
             let mut total = 0;
             let mut users = Vec::new();
-            for user in iter {
+            for (id, user) in iter {
                 if total >= offset && users.len() < limit {
-                    users.push(user.clone());
+                    users.push(user.to_user(id));
                 }
                 total += 1;
             }
@@ -498,7 +588,7 @@ impl UserStore {
 
         // An exact email or id narrows to at most one user: no scan.
         let direct = match (&filter.email, &filter.user_id) {
-            (Some(email), _) => Some(inner.by_email.get(email).cloned()),
+            (Some(email), _) => Some(inner.by_email.get(email.as_str()).cloned()),
             (None, Some(id)) => Some(
                 inner
                     .by_id
@@ -509,8 +599,8 @@ impl UserStore {
         };
         if let Some(id) = direct {
             let mut found = id
-                .and_then(|id| inner.by_id.get(&id))
-                .filter(|u| keep(u))
+                .and_then(|id| inner.by_id.get_key_value(&id))
+                .filter(keep)
                 .into_iter();
             return window(&mut found);
         }
@@ -527,17 +617,17 @@ impl UserStore {
                 };
             };
             let entries = inner.by_updated.range(bounds);
-            let lookup = |(_, id): &(DateTime<Utc>, Arc<str>)| inner.by_id.get(id);
-            let mut users: Box<dyn Iterator<Item = &User>> = if sort.descending {
-                Box::new(entries.rev().filter_map(lookup).filter(|u| keep(u)))
+            let lookup = |(_, id): &(i64, Arc<str>)| inner.by_id.get_key_value(id);
+            let mut users: Box<dyn Iterator<Item = (&Arc<str>, &Stored)>> = if sort.descending {
+                Box::new(entries.rev().filter_map(lookup).filter(keep))
             } else {
-                Box::new(entries.filter_map(lookup).filter(|u| keep(u)))
+                Box::new(entries.filter_map(lookup).filter(keep))
             };
             return window(&mut users);
         }
 
-        let mut found: Vec<&User> = inner.by_id.values().filter(|u| keep(u)).collect();
-        found.sort_unstable_by(|a, b| {
+        let mut found: Vec<(&Arc<str>, &Stored)> = inner.by_id.iter().filter(keep).collect();
+        found.sort_unstable_by(|(a_id, a), (b_id, b)| {
             let order = match sort.field {
                 SortField::CreatedAt => a.created_at.cmp(&b.created_at),
                 SortField::UpdatedAt => a.updated_at.cmp(&b.updated_at),
@@ -547,7 +637,7 @@ impl UserStore {
                 SortField::Name => a.name.cmp(&b.name),
                 SortField::UserId => std::cmp::Ordering::Equal,
             }
-            .then_with(|| a.user_id.cmp(&b.user_id));
+            .then_with(|| a_id.cmp(b_id));
             if sort.descending {
                 order.reverse()
             } else {
@@ -566,9 +656,7 @@ impl UserStore {
     /// Looks up a batch of ids under one read lock; deleted users are skipped.
     pub fn get_many(&self, ids: &[Arc<str>]) -> Vec<User> {
         let inner = self.read();
-        ids.iter()
-            .filter_map(|id| inner.by_id.get(id).cloned())
-            .collect()
+        ids.iter().filter_map(|id| inner.get(id)).collect()
     }
 }
 
@@ -588,45 +676,38 @@ fn merge(target: &mut Map<String, Value>, patch: Option<Map<String, Value>>) {
     }
 }
 
-fn matches(filter: &Filter, user: &User) -> bool {
-    let in_range = |range: &Option<Range>, at: Option<DateTime<Utc>>| match (range, at) {
+fn matches(filter: &Filter, user_id: &str, user: &Stored) -> bool {
+    let in_range = |range: &Option<Range>, at: Option<i64>| match (range, at) {
         (None, _) => true,
-        (Some(range), Some(at)) => range.contains(at),
+        (Some(range), Some(at)) => range.contains(from_millis(at)),
         (Some(_), None) => false,
     };
     in_range(&filter.updated_at, Some(user.updated_at))
         && in_range(&filter.created_at, Some(user.created_at))
         && in_range(&filter.last_login, user.last_login)
+        && filter.email.as_deref().is_none_or(|e| e == &*user.email)
+        && filter.user_id.as_deref().is_none_or(|id| id == user_id)
+        && filter.name.as_deref().is_none_or(|n| n == &*user.name)
         && filter
-            .email
-            .as_ref()
-            .is_none_or(|e| *e == user.email.to_lowercase())
-        && filter.user_id.as_ref().is_none_or(|id| *id == user.user_id)
-        && filter.name.as_ref().is_none_or(|n| *n == user.name)
-        && filter.nickname.as_ref().is_none_or(|n| *n == user.nickname)
+            .nickname
+            .as_deref()
+            .is_none_or(|n| n == &*user.nickname)
 }
 
-/// Translates a time range into bounds on the `(updated_at, user_id)` index. The empty string
-/// sorts before every id, so `(t, "")` is the first key at time `t`.
-fn index_bounds(
-    range: &Range,
-) -> Option<(
-    Bound<(DateTime<Utc>, Arc<str>)>,
-    Bound<(DateTime<Utc>, Arc<str>)>,
-)> {
-    let first_at = |t: DateTime<Utc>| (t, Arc::<str>::from(""));
-    let after = |t: DateTime<Utc>| t.checked_add_signed(Duration::nanoseconds(1));
+/// Translates a time range into bounds on the `(updated_at, user_id)` index: whole
+/// milliseconds that cover the range (the exact bounds are checked per user afterwards). The
+/// empty string sorts before every id, so `(ms, "")` is the first key at `ms`.
+#[allow(clippy::type_complexity)]
+fn index_bounds(range: &Range) -> Option<(Bound<(i64, Arc<str>)>, Bound<(i64, Arc<str>)>)> {
+    let first_at = |ms: i64| (ms, Arc::<str>::from(""));
     let lower = match range.lower {
-        Bound::Included(t) => Bound::Included(first_at(t)),
-        Bound::Excluded(t) => Bound::Included(first_at(after(t)?)),
+        Bound::Included(t) | Bound::Excluded(t) => Bound::Included(first_at(millis(t))),
         Bound::Unbounded => Bound::Unbounded,
     };
     let upper = match range.upper {
-        Bound::Included(t) => match after(t) {
-            Some(next) => Bound::Excluded(first_at(next)),
-            None => Bound::Unbounded,
-        },
-        Bound::Excluded(t) => Bound::Excluded(first_at(t)),
+        Bound::Included(t) | Bound::Excluded(t) => {
+            Bound::Excluded(first_at(millis(t).saturating_add(1)))
+        }
         Bound::Unbounded => Bound::Unbounded,
     };
     // BTreeSet::range panics on an inverted range; an empty one simply matches nothing.
@@ -650,7 +731,8 @@ fn valid_email(raw: &str) -> Result<String, StoreError> {
                 && !domain.ends_with('.')
         });
     if valid {
-        Ok(email.to_owned())
+        // Auth0 stores database-connection emails in lower case.
+        Ok(email.to_lowercase())
     } else {
         Err(StoreError::Invalid(format!(
             "{raw:?} is not an email address (expected something like ada@example.com)"
