@@ -4,6 +4,8 @@
 pub mod auth;
 pub mod config;
 pub mod db;
+#[cfg(feature = "emulator")]
+pub mod emulator;
 pub mod error;
 pub mod http_stack;
 pub mod local_postgres;
