@@ -103,6 +103,15 @@ pub struct SyncSettings {
     pub purge_after_days: u32,
 }
 
+/// The built-in emulator's development options.
+#[derive(Debug, Clone)]
+pub struct EmulatorSettings {
+    /// `AUTH0_EMULATOR_USERS`: demo users to seed (the first is an admin).
+    pub seed_users: usize,
+    /// `AUTH0_EMULATOR_PERSIST_KEY`: keep the signing key under `DATA_DIR` across restarts.
+    pub persist_key: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct MetricsSettings {
     /// `METRICS_TOKEN`: bearer token for `/metrics` on the main port.
@@ -128,6 +137,7 @@ pub struct Settings {
     pub admin: AdminSettings,
     pub sync: SyncSettings,
     pub metrics: MetricsSettings,
+    pub emulator: EmulatorSettings,
 }
 
 /// A setting that could not be accepted; the message names the variable and what it expects.
@@ -296,6 +306,10 @@ impl Settings {
                     .unwrap_or_else(|| "0 30 3 * * *".to_owned()),
                 purge_after_days: parse_number(&get, "SYNC_PURGE_AFTER_DAYS", 30)?,
             },
+            emulator: EmulatorSettings {
+                seed_users: parse_number(&get, "AUTH0_EMULATOR_USERS", 20)?,
+                persist_key: parse_bool(&get, "AUTH0_EMULATOR_PERSIST_KEY", true)?,
+            },
             metrics: MetricsSettings {
                 token: get("METRICS_TOKEN").map(Secret::new),
                 addr: match get("METRICS_ADDR") {
@@ -371,6 +385,12 @@ fn auth_settings(
             return Err(ConfigError::new(
                 "AUTH0_DOMAIN",
                 "required in production (e.g. your-tenant.us.auth0.com)",
+            ));
+        }
+        _ if !cfg!(feature = "emulator") => {
+            return Err(ConfigError::new(
+                "AUTH0_DOMAIN",
+                "required: this build has no built-in Auth0 emulator (e.g. your-tenant.us.auth0.com)",
             ));
         }
         _ => {

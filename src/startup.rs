@@ -82,6 +82,8 @@ async fn create_database_if_missing(local: &LocalPostgres, name: &str) -> anyhow
 
 pub struct Application {
     port: u16,
+    #[cfg(feature = "emulator")]
+    emulator: Option<crate::emulator::Emulator>,
     /// Tasks that live as long as the server (session reaper, ...); aborted at shutdown.
     background: Vec<tokio::task::JoinHandle<()>>,
     acceptor: BoxAcceptor,
@@ -109,10 +111,21 @@ impl Application {
             let _ = settings.base_url.set_port(Some(port));
         }
 
+        #[cfg(feature = "emulator")]
+        let emulator = match &settings.auth.provider {
+            IdentityProvider::Emulator { bind } => Some(start_emulator(&settings, *bind).await?),
+            IdentityProvider::External { .. } => None,
+        };
         let issuer = match &settings.auth.provider {
             IdentityProvider::External { issuer } => issuer.clone(),
+            #[cfg(feature = "emulator")]
+            IdentityProvider::Emulator { .. } => match &emulator {
+                Some(emulator) => emulator.issuer(),
+                None => anyhow::bail!("the Auth0 emulator did not start"),
+            },
+            #[cfg(not(feature = "emulator"))]
             IdentityProvider::Emulator { .. } => {
-                anyhow::bail!("the built-in Auth0 emulator is not available yet: set AUTH0_DOMAIN")
+                anyhow::bail!("this build has no Auth0 emulator: set AUTH0_DOMAIN")
             }
         };
         let oidc = Arc::new(OidcProvider::new(
@@ -163,6 +176,8 @@ impl Application {
         );
         Ok(Self {
             port,
+            #[cfg(feature = "emulator")]
+            emulator,
             background,
             acceptor: acceptor.boxed(),
             app,
@@ -178,6 +193,12 @@ impl Application {
         &self.database.pool
     }
 
+    /// The in-process Auth0 emulator, when development mode started one.
+    #[cfg(feature = "emulator")]
+    pub fn emulator(&self) -> Option<&crate::emulator::Emulator> {
+        self.emulator.as_ref()
+    }
+
     /// Serves until `shutdown` resolves, drains in-flight requests (up to 10 s), then closes
     /// the pool and stops the local Postgres if we started one.
     pub async fn run_until_stopped(
@@ -190,6 +211,10 @@ impl Application {
             .await;
         for task in self.background {
             task.abort();
+        }
+        #[cfg(feature = "emulator")]
+        if let Some(emulator) = &self.emulator {
+            emulator.shutdown();
         }
         self.database.close().await;
         tracing::info!("stopped");
@@ -207,6 +232,38 @@ fn routes() -> Route {
             named("/assets/:name", get(web::assets::serve)),
         )
         .at("/metrics", named("/metrics", get(web::metrics::scrape)))
+}
+
+/// Development mode without Auth0: the emulator on `bind`, seeded with demo users, its signing
+/// key kept under the data directory so sessions survive restarts.
+#[cfg(feature = "emulator")]
+async fn start_emulator(
+    settings: &Settings,
+    bind: std::net::SocketAddr,
+) -> anyhow::Result<crate::emulator::Emulator> {
+    use crate::emulator::{Emulator, EmulatorConfig};
+    let emulator = Emulator::start(EmulatorConfig {
+        bind,
+        client_id: settings.auth.client_id.clone(),
+        client_secret: settings.auth.client_secret.expose().to_owned(),
+        callback_urls: vec![settings.callback_url().to_string()],
+        logout_urls: vec![settings.base_url.to_string()],
+        seed_users: settings.emulator.seed_users,
+        users_file: None,
+        rate_limit: None,
+        key_file: settings
+            .emulator
+            .persist_key
+            .then(|| settings.data_dir.join("emulator-key.pem")),
+        roles_claim: settings.auth.roles_claim.clone(),
+    })
+    .await?;
+    tracing::warn!(
+        issuer = %emulator.issuer(),
+        "\n\n    *** AUTH0 EMULATOR: no AUTH0_DOMAIN set, so sign-in uses the built-in offline emulator ***\n    *** at {} with demo users. Development only; never used with APP_ENV=production.  ***\n",
+        emulator.issuer()
+    );
+    Ok(emulator)
 }
 
 /// `/metrics` on its own (private) listener, e.g. Fly's metrics port.

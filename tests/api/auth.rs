@@ -33,7 +33,9 @@ async fn full_login_signs_the_person_in() {
         .map(|v| v.to_str().unwrap().to_owned())
         .find(|c| c.starts_with("quotebook_session="))
         .unwrap();
-    assert!(header.contains("HttpOnly") && header.contains("SameSite=Lax") && header.contains("Path=/"));
+    assert!(
+        header.contains("HttpOnly") && header.contains("SameSite=Lax") && header.contains("Path=/")
+    );
     assert!(cookie.len() > 40, "an opaque random id");
 
     let me: serde_json::Value = app.get("/auth/me").await.json().await.unwrap();
@@ -60,11 +62,25 @@ async fn the_session_id_changes_at_login() {
     let before = session_cookie(&start).expect("login starts a session");
     let authorize = url::Url::parse(&location(&start)).unwrap();
     // Finish the login in the same client.
-    let page = app.client.get(authorize.clone()).send().await.unwrap().text().await.unwrap();
+    let page = app
+        .client
+        .get(authorize.clone())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let form = helpers::find_form(&page, "email").unwrap();
     let mut fields = form.hidden.clone();
     fields.push(("email".into(), "rotate@example.com".into()));
-    let back = app.client.post(authorize.join(&form.action).unwrap()).form(&fields).send().await.unwrap();
+    let back = app
+        .client
+        .post(authorize.join(&form.action).unwrap())
+        .form(&fields)
+        .send()
+        .await
+        .unwrap();
     let callback = app.client.get(location(&back)).send().await.unwrap();
     let after = session_cookie(&callback).expect("callback sets a new cookie");
     assert_ne!(before, after, "no session fixation");
@@ -83,15 +99,33 @@ async fn the_session_id_changes_at_login() {
 async fn tampered_or_unknown_cookies_mean_signed_out() {
     let app = spawn_app().await;
     let signed_in = app.signed_in_client("tamper@example.com").await;
-    assert_eq!(signed_in.get(app.url("/auth/me")).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        signed_in
+            .get(app.url("/auth/me"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
     for cookie in [
         "quotebook_session=not-base64-@@@",
         "quotebook_session=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==",
         "quotebook_session=",
     ] {
-        let me = client().get(app.url("/auth/me")).header("cookie", cookie).send().await.unwrap();
+        let me = client()
+            .get(app.url("/auth/me"))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(me.status(), StatusCode::UNAUTHORIZED, "{cookie}");
-        let home = client().get(app.url("/")).header("cookie", cookie).send().await.unwrap();
+        let home = client()
+            .get(app.url("/"))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(home.status(), StatusCode::OK);
         assert!(home.text().await.unwrap().contains("Log in"));
     }
@@ -102,14 +136,20 @@ async fn idle_and_absolute_expiry_sign_people_out() {
     let app = spawn_app().await;
     let idle = app.signed_in_client("idle@example.com").await;
     let absolute = app.signed_in_client("absolute@example.com").await;
-    assert_eq!(idle.get(app.url("/auth/me")).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        idle.get(app.url("/auth/me")).send().await.unwrap().status(),
+        StatusCode::OK
+    );
 
     // Idle: the stored expiry has passed.
     sqlx::query("UPDATE sessions SET expires_at = now() - interval '1 second' WHERE data->'data'->>'user' LIKE '%idle@example.com%'")
         .execute(&app.db)
         .await
         .unwrap();
-    assert_eq!(idle.get(app.url("/auth/me")).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        idle.get(app.url("/auth/me")).send().await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
 
     // Absolute: created longer ago than the lifetime, even though recently active.
     sqlx::query(
@@ -119,11 +159,21 @@ async fn idle_and_absolute_expiry_sign_people_out() {
     .execute(&app.db)
     .await
     .unwrap();
-    assert_eq!(absolute.get(app.url("/auth/me")).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions WHERE data->'data'->>'user' LIKE '%absolute@example.com%'")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    assert_eq!(
+        absolute
+            .get(app.url("/auth/me"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sessions WHERE data->'data'->>'user' LIKE '%absolute@example.com%'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
     assert_eq!(left, 0, "an over-age session is deleted");
 }
 
@@ -132,7 +182,10 @@ async fn logout_deletes_the_session_and_the_old_cookie_dies() {
     let app = spawn_app().await;
     let callback = app.login_with(&app.client, "bye@example.com").await;
     let cookie = session_cookie(&callback).unwrap();
-    let sessions: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions").fetch_one(&app.db).await.unwrap();
+    let sessions: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
     assert_eq!(sessions, 1);
 
     let confirm = app.get("/auth/logout").await.text().await.unwrap();
@@ -147,14 +200,29 @@ async fn logout_deletes_the_session_and_the_old_cookie_dies() {
         .unwrap();
     assert_eq!(logout.status(), StatusCode::SEE_OTHER);
     let to = url::Url::parse(&location(&logout)).unwrap();
-    assert_eq!(to.path(), "/oidc/logout", "discovery's end_session_endpoint");
+    assert_eq!(
+        to.path(),
+        "/oidc/logout",
+        "discovery's end_session_endpoint"
+    );
     let params: std::collections::HashMap<_, _> = to.query_pairs().into_owned().collect();
     assert!(params.contains_key("id_token_hint"));
-    assert_eq!(params["post_logout_redirect_uri"], format!("{}/", app.address));
+    assert_eq!(
+        params["post_logout_redirect_uri"],
+        format!("{}/", app.address)
+    );
 
-    let sessions: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions").fetch_one(&app.db).await.unwrap();
+    let sessions: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
     assert_eq!(sessions, 0, "the row is deleted");
-    let replay = client().get(app.url("/auth/me")).header("cookie", &cookie).send().await.unwrap();
+    let replay = client()
+        .get(app.url("/auth/me"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(replay.status(), StatusCode::UNAUTHORIZED);
 
     // The provider accepts the logout and returns to the app.
@@ -168,17 +236,36 @@ async fn logout_without_or_with_a_wrong_csrf_token_is_forbidden() {
     let app = spawn_app().await;
     let client = app.signed_in_client("csrf@example.com").await;
     for form in [vec![], vec![("csrf_token", "wrong")]] {
-        let response = client.post(app.url("/auth/logout")).form(&form).send().await.unwrap();
+        let response = client
+            .post(app.url("/auth/logout"))
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
         assert!(response.text().await.unwrap().contains("Reload the page"));
     }
-    assert_eq!(client.get(app.url("/auth/me")).send().await.unwrap().status(), StatusCode::OK, "still signed in");
+    assert_eq!(
+        client
+            .get(app.url("/auth/me"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK,
+        "still signed in"
+    );
 }
 
 #[tokio::test]
 async fn next_never_redirects_off_site() {
     let app = spawn_app().await;
-    for next in ["//evil.example/x", "https://evil.example/", "/\\evil.example", "/admin"] {
+    for next in [
+        "//evil.example/x",
+        "https://evil.example/",
+        "/\\evil.example",
+        "/admin",
+    ] {
         let client = client();
         let steps = app.start_login(&client, "next@example.com", next).await;
         let callback = client.get(&steps.callback_url).send().await.unwrap();
@@ -194,7 +281,12 @@ async fn replayed_codes_and_wrong_states_are_refused() {
     let client = client();
     let steps = app.start_login(&client, "replay@example.com", "/").await;
     let mut wrong_state = url::Url::parse(&steps.callback_url).unwrap();
-    let code = wrong_state.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
+    let code = wrong_state
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
     wrong_state.set_query(Some(&format!("code={code}&state=forged")));
     let forged = client.get(wrong_state).send().await.unwrap();
     assert_eq!(forged.status(), StatusCode::BAD_REQUEST);
@@ -215,15 +307,25 @@ async fn provider_errors_get_a_friendly_page() {
     let client = client();
     let start = client.get(app.url("/auth/login")).send().await.unwrap();
     let authorize = url::Url::parse(&location(&start)).unwrap();
-    let state = authorize.query_pairs().find(|(k, _)| k == "state").unwrap().1.into_owned();
+    let state = authorize
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
     let denied = client
-        .get(app.url(&format!("/auth/callback?error=access_denied&error_description=User%20cancelled&state={state}")))
+        .get(app.url(&format!(
+            "/auth/callback?error=access_denied&error_description=User%20cancelled&state={state}"
+        )))
         .send()
         .await
         .unwrap();
     assert_eq!(denied.status(), StatusCode::FORBIDDEN);
     let body = denied.text().await.unwrap();
-    assert!(body.contains("Try again") && body.contains("cancelled"), "{body}");
+    assert!(
+        body.contains("Try again") && body.contains("cancelled"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -242,7 +344,11 @@ async fn bad_id_tokens_are_rejected() {
         let callback = app.login_with(&client, "forged@example.com").await;
         assert_eq!(callback.status(), StatusCode::BAD_REQUEST, "{fault:?}");
         let me = client.get(app.url("/auth/me")).send().await.unwrap();
-        assert_eq!(me.status(), StatusCode::UNAUTHORIZED, "{fault:?} must not sign in");
+        assert_eq!(
+            me.status(),
+            StatusCode::UNAUTHORIZED,
+            "{fault:?} must not sign in"
+        );
     }
     emulator.faults().set_id_token_fault(None);
     let callback = app.login_with(&client(), "genuine@example.com").await;
@@ -252,7 +358,12 @@ async fn bad_id_tokens_are_rejected() {
 #[tokio::test]
 async fn a_provider_that_is_down_gives_503_and_the_app_keeps_serving() {
     // Down at start: the default test issuer is a closed port.
-    let app = spawn_app_with(&[("AUTH0_ISSUER_BASE_URL", "http://127.0.0.1:9/")]).await;
+    let app = spawn_app_with(&[
+        ("AUTH0_ISSUER_BASE_URL", "http://127.0.0.1:9/"),
+        ("AUTH0_CLIENT_ID", "quotebook-dev"),
+        ("AUTH0_CLIENT_SECRET", "quotebook-dev-secret"),
+    ])
+    .await;
     assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
     assert_eq!(app.get("/").await.status(), StatusCode::OK);
     let login = app.get("/auth/login").await;

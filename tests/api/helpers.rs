@@ -179,13 +179,13 @@ pub fn random_suffix() -> String {
 /// A running app with its own database.
 pub struct TestApp {
     pub address: String,
-    pub port: u16,
     pub db: PgPool,
     /// Cookie store on, redirects off: tests follow the flow step by step.
     pub client: reqwest::Client,
+    /// The in-process emulator (absent when a test points the app at another issuer).
+    pub emulator: Option<quotebook::emulator::Emulator>,
     db_name: String,
     shutdown: Option<oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 impl TestApp {
@@ -199,16 +199,6 @@ impl TestApp {
             .send()
             .await
             .expect("request failed")
-    }
-
-    /// Stops the server gracefully and waits for it.
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(server) = self.server.take() {
-            let _ = server.await;
-        }
     }
 }
 
@@ -229,11 +219,11 @@ pub fn test_vars(database_url: &str, extra: &[(&str, &str)]) -> HashMap<String, 
         ("DATABASE_URL", database_url),
         ("DATABASE_MAX_CONNECTIONS", "5"),
         ("DATABASE_ACQUIRE_TIMEOUT_MS", "1500"),
-        // Nothing listens on the discard port: a provider that is down. Sign-in tests start
-        // the emulator and override this.
-        ("AUTH0_ISSUER_BASE_URL", "http://127.0.0.1:9/"),
-        ("AUTH0_CLIENT_ID", "quotebook-dev"),
-        ("AUTH0_CLIENT_SECRET", "quotebook-dev-secret"),
+        // As `cargo run`: the in-process Auth0 emulator, here on a free port with a fresh key.
+        ("APP_BASE_URL", "http://127.0.0.1:0"),
+        ("AUTH0_EMULATOR_ADDR", "127.0.0.1:0"),
+        ("AUTH0_EMULATOR_USERS", "2"),
+        ("AUTH0_EMULATOR_PERSIST_KEY", "false"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -260,23 +250,23 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
     let settings = Settings::from_vars(&vars).expect("test settings");
     let app = Application::build(settings).await.expect("app builds");
     let port = app.port();
+    let emulator = app.emulator().cloned();
     let db = PgPoolOptions::new()
         .max_connections(3)
         .connect_with(cluster.options(&db_name))
         .await
         .expect("test pool");
     let (tx, rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async {
+    tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
     }));
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
-        port,
         db,
         client: client(),
+        emulator,
         db_name,
         shutdown: Some(tx),
-        server: Some(server),
     }
 }
 
@@ -290,11 +280,10 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
-/// A form found in an HTML page: where it posts and its hidden fields.
+/// A form found in an HTML page: where it posts (always POST here) and its hidden fields.
 #[derive(Debug, Clone)]
 pub struct HtmlForm {
     pub action: String,
-    pub method: String,
     pub hidden: Vec<(String, String)>,
 }
 
@@ -321,7 +310,6 @@ pub fn find_form(html: &str, field: &str) -> Option<HtmlForm> {
             }
             return Some(HtmlForm {
                 action: attr(open_tag, "action").unwrap_or_default(),
-                method: attr(open_tag, "method").unwrap_or_else(|| "get".into()),
                 hidden,
             });
         }
@@ -363,8 +351,6 @@ pub fn location(response: &reqwest::Response) -> String {
 
 /// Steps of a login through the provider's pages, for tests that stop half-way.
 pub struct LoginSteps {
-    /// The provider's authorization URL the app redirected to.
-    pub authorize_url: url::Url,
     /// The app's callback URL (with `code` and `state`) the provider redirected back to.
     pub callback_url: String,
 }
@@ -417,7 +403,6 @@ impl TestApp {
             back.status()
         );
         LoginSteps {
-            authorize_url,
             callback_url: location(&back),
         }
     }

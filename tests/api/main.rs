@@ -1,4 +1,6 @@
 //! Integration tests: one binary, so it links once. Each module spawns the real app.
 
+mod auth;
 mod foundation;
 mod helpers;
+mod quotes;
