@@ -179,7 +179,15 @@ pub fn random_suffix() -> String {
 /// A running app with its own database.
 pub struct TestApp {
     pub address: String,
+    #[allow(
+        dead_code,
+        reason = "for the feature slices' tests; none of the current ones needs it"
+    )]
     pub port: u16,
+    #[allow(
+        dead_code,
+        reason = "for the feature slices' tests; none of the current ones needs it"
+    )]
     pub db: PgPool,
     /// Cookie store on, redirects off: tests follow the flow step by step.
     pub client: reqwest::Client,
