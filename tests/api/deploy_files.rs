@@ -8,10 +8,11 @@ use std::{
     process::Command,
 };
 
-use quotebook::config::Settings;
+use quotebook::{config::Settings, startup::Application};
 use reqwest::StatusCode;
+use sqlx::{ConnectOptions, Connection};
 
-use crate::helpers::spawn_app;
+use crate::helpers::{self, spawn_app};
 
 fn read(relative: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
@@ -316,6 +317,53 @@ async fn fly_health_checks_hit_routes_the_app_serves() {
         );
     }
     app.stop().await;
+}
+
+#[tokio::test]
+async fn start_up_migrates_through_the_direct_url_when_given() {
+    // DATABASE_URL points at an empty database, DATABASE_URL_DIRECT at a migrated one: if the
+    // app migrated through its (pooled) DATABASE_URL, the empty one would gain the migrations
+    // table. On Neon that would mean a session advisory lock taken through PgBouncer.
+    let cluster = helpers::cluster();
+    let direct = cluster.create_database().await;
+    let pooled = format!("qb_test_empty_{}", helpers::random_suffix());
+    let mut admin = cluster
+        .options("postgres")
+        .connect()
+        .await
+        .expect("connect to the test server");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{pooled}\"")))
+        .execute(&mut admin)
+        .await
+        .expect("create an empty database");
+
+    let vars = helpers::test_vars(
+        &cluster.url(&pooled),
+        &[("DATABASE_URL_DIRECT", &cluster.url(&direct))],
+    );
+    let app = Application::build(Settings::from_vars(&vars).expect("settings"))
+        .await
+        .expect("the app starts");
+    let mut pooled_conn = cluster
+        .options(&pooled)
+        .connect()
+        .await
+        .expect("connect to the pooled database");
+    let migrated: bool =
+        sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations') IS NOT NULL")
+            .fetch_one(&mut pooled_conn)
+            .await
+            .expect("query the pooled database");
+    assert!(
+        !migrated,
+        "migrations ran through DATABASE_URL, not DATABASE_URL_DIRECT"
+    );
+
+    drop(app);
+    let _ = pooled_conn.close().await;
+    let _ = admin.close().await;
+    cluster.drop_database(pooled);
+    cluster.drop_database(direct);
 }
 
 #[test]
