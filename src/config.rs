@@ -255,6 +255,15 @@ impl Settings {
             ));
         }
 
+        // A local cluster in production would keep everyone's data on a Machine's throwaway disk.
+        let database_url = get("DATABASE_URL").map(Secret::new);
+        if production && database_url.is_none() {
+            return Err(ConfigError::new(
+                "DATABASE_URL",
+                "required in production: your Neon pooled connection string (postgres://...?sslmode=require)",
+            ));
+        }
+
         Ok(Self {
             env,
             host,
@@ -265,7 +274,7 @@ impl Settings {
             request_timeout: Duration::from_secs(parse_number(&get, "REQUEST_TIMEOUT_SECS", 15)?),
             trust_proxy_headers: parse_bool(&get, "TRUST_PROXY_HEADERS", false)?,
             database: DatabaseSettings {
-                url: get("DATABASE_URL").map(Secret::new),
+                url: database_url,
                 direct_url: get("DATABASE_URL_DIRECT").map(Secret::new),
                 max_connections: parse_number(&get, "DATABASE_MAX_CONNECTIONS", 10)?,
                 acquire_timeout: Duration::from_millis(parse_number(
@@ -550,6 +559,13 @@ mod tests {
         assert_eq!(
             Settings::from_vars(&vars(&p)).unwrap_err().var,
             "AUTH0_DOMAIN"
+        );
+
+        let mut p = production();
+        p.retain(|(k, _)| *k != "DATABASE_URL");
+        assert_eq!(
+            Settings::from_vars(&vars(&p)).unwrap_err().var,
+            "DATABASE_URL"
         );
     }
 

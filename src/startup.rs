@@ -92,11 +92,12 @@ pub struct Application {
 }
 
 impl Application {
-    /// Opens the database, migrates it, builds the routes and binds the listener (port 0 works).
+    /// Opens the database, migrates it (through DATABASE_URL_DIRECT when set), builds the routes
+    /// and binds the listener (port 0 works).
     pub async fn build(mut settings: Settings) -> anyhow::Result<Self> {
         crate::observability::recorder();
         let database = Database::open(&settings).await?;
-        db::migrate(&database.pool).await?;
+        db::migrate_at_start(&database.pool, &settings.database).await?;
 
         let acceptor = TcpListener::bind((settings.host, settings.port))
             .into_acceptor()
