@@ -510,3 +510,47 @@ async fn state_changes_without_a_valid_csrf_token_are_forbidden() {
         Some("Keep me.")
     );
 }
+
+#[tokio::test]
+async fn put_without_a_version_overwrites_but_the_first_quote_form_never_does() {
+    let app = spawn_app().await;
+    let (client, token) = signed_in(&app, "precondition@example.com").await;
+    htmx(client.post(app.url("/quote")), &token)
+        .form(&[("message", "One.")])
+        .send()
+        .await
+        .unwrap();
+    // A second "first quote" form (another tab) must not replace it silently.
+    let again = htmx(client.post(app.url("/quote")), &token)
+        .form(&[("message", "Two.")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+    assert_eq!(
+        stored(&app, "precondition@example.com").await.as_deref(),
+        Some("One.")
+    );
+    // PUT with no version is a deliberate replace.
+    let put = htmx(client.put(app.url("/quote")), &token)
+        .form(&[("message", "Three.")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::OK);
+    assert_eq!(
+        stored(&app, "precondition@example.com").await.as_deref(),
+        Some("Three.")
+    );
+    // A version that is not one is a 400, not a silent overwrite.
+    let bad = htmx(client.put(app.url("/quote")), &token)
+        .form(&[("message", "Four."), ("version", "yesterday")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        stored(&app, "precondition@example.com").await.as_deref(),
+        Some("Three.")
+    );
+}
