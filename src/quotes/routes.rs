@@ -216,7 +216,13 @@ fn render(
     status: StatusCode,
 ) -> Response {
     let mut response = if hx.0 {
-        vary(card)
+        // The status region must not keep announcing an earlier success.
+        let note = match status {
+            StatusCode::UNPROCESSABLE_ENTITY => "Not saved: see the message under the text box.",
+            StatusCode::CONFLICT => "Not saved: this quote was changed elsewhere.",
+            _ => "",
+        };
+        vary(html! { (card) (views::status(note)) })
     } else {
         vary(views::home_signed_in(
             &shell_for(session, &state.settings),

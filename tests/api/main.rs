@@ -1,7 +1,9 @@
 //! Integration tests: one binary, so it links once. Each module spawns the real app.
 
 mod auth;
+mod browser;
 mod deploy_files;
 mod foundation;
 mod helpers;
 mod quotes;
+mod webdriver;
