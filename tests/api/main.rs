@@ -1,4 +1,5 @@
 //! Integration tests: one binary, so it links once. Each module spawns the real app.
 
+mod emulator;
 mod foundation;
 mod helpers;
