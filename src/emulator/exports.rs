@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 
 use super::{
     Shared, form_map,
-    management::{api_error, bad_request, injected_fault, json_object},
+    management::{ApiError, api_error, injected_fault, json_object},
     random_token,
     users::{CONNECTION, CONNECTION_ID, UserStore, timestamp},
 };
@@ -174,11 +174,11 @@ fn job_json(job: &Job, shared: &Shared) -> Value {
 pub async fn create_job(shared: Data<&Arc<Shared>>, body: Body) -> Response {
     let object = match json_object(body).await {
         Ok(object) => object,
-        Err(response) => return response,
+        Err(err) => return err.into_response(),
     };
     let job = match parse_job(&object, &shared.users) {
         Ok(job) => Arc::new(job),
-        Err(message) => return bad_request(&message, "invalid_body"),
+        Err(message) => return ApiError::bad_request(message, "invalid_body").into_response(),
     };
     {
         let mut jobs = shared.exports.jobs();
