@@ -108,15 +108,9 @@ pub(crate) async fn injected_fault(shared: &Shared) -> Option<Response> {
         Some(Injected::Fail(code)) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let response = match status {
-                StatusCode::TOO_MANY_REQUESTS => with_rate_headers(
-                    too_many_requests(),
-                    &Decision {
-                        allowed: false,
-                        limit: 1,
-                        remaining: 0,
-                        reset: chrono::Utc::now().timestamp() + 1,
-                    },
-                ),
+                StatusCode::TOO_MANY_REQUESTS => {
+                    with_rate_headers(too_many_requests(), &shared.faults.rate_limit.exhausted())
+                }
                 _ => api_error(
                     status,
                     "Injected failure (emulator fault switch)",
@@ -158,7 +152,12 @@ async fn guard<E: Endpoint>(next: Arc<E>, req: Request) -> poem::Result<Response
     };
     shared.faults.count_management_request();
     if let Some(response) = injected_fault(&shared).await {
-        return Ok(response);
+        // An injected 429 reports an empty budget; other failures still count against it.
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            return Ok(response);
+        }
+        let decision = shared.faults.rate_limit.check();
+        return Ok(with_rate_headers(response, &decision));
     }
     let decision = shared.faults.rate_limit.check();
     if !decision.allowed {

@@ -1203,10 +1203,11 @@ async fn fault_switches_fail_hang_count_and_shut_down() {
     let before = emulator.faults().management_requests();
 
     emulator.faults().fail_next(2, 503);
-    assert_eq!(
-        api_get(&emulator, &token, "/api/v2/users").await.status(),
-        StatusCode::SERVICE_UNAVAILABLE
-    );
+    let failed = api_get(&emulator, &token, "/api/v2/users").await;
+    assert_eq!(failed.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(failed.headers().contains_key("x-ratelimit-remaining"));
+    let body: Value = failed.json().await.unwrap();
+    assert_eq!(body["statusCode"], 503);
     assert_eq!(
         api_get(&emulator, &token, "/api/v2/users").await.status(),
         StatusCode::SERVICE_UNAVAILABLE
@@ -1220,6 +1221,7 @@ async fn fault_switches_fail_hang_count_and_shut_down() {
     let limited = api_get(&emulator, &token, "/api/v2/users").await;
     assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(limited.headers()["x-ratelimit-remaining"], "0");
+    assert!(limited.headers().contains_key("x-ratelimit-reset"));
 
     emulator.faults().hang_next(1, Duration::from_secs(5));
     let impatient = reqwest::Client::builder()
