@@ -731,7 +731,7 @@ fn index_bounds(range: &Range) -> Option<(Bound<(i64, Arc<str>)>, Bound<(i64, Ar
     let first_at = |ms: i64| (ms, Arc::<str>::from(""));
     let floor = |t: DateTime<Utc>| millis(t);
     let ceil = |t: DateTime<Utc>| {
-        let partial = t.timestamp_subsec_nanos() % 1_000_000 != 0;
+        let partial = !t.timestamp_subsec_nanos().is_multiple_of(1_000_000);
         millis(t).saturating_add(i64::from(partial))
     };
     let lower = match range.lower {
