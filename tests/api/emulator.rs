@@ -1283,3 +1283,53 @@ async fn a_key_file_keeps_the_signing_key_across_restarts() {
     assert_ne!(first, fresh);
     let _ = std::fs::remove_file(path);
 }
+
+#[tokio::test]
+async fn a_users_file_seeds_auth0_shaped_users() {
+    let path =
+        std::env::temp_dir().join(format!("qb-users-{}.json", crate::helpers::random_suffix()));
+    std::fs::write(
+        &path,
+        json!([
+            {"user_id": "auth0|imported1", "email": "Imported@Example.com", "name": "Imported One",
+             "app_metadata": {"roles": ["admin"], "plan": "team"}, "updated_at": "2024-01-02T03:04:05.678Z",
+             "created_at": "2024-01-01T00:00:00.000Z"},
+            {"email": "second@example.com"}
+        ])
+        .to_string(),
+    )
+    .unwrap();
+    let emulator = Emulator::start(EmulatorConfig {
+        users_file: Some(path.clone()),
+        ..EmulatorConfig::for_tests()
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(emulator.users().count(), 2);
+    let token = management_token(&emulator, None).await;
+    let user: Value = api_get(&emulator, &token, "/api/v2/users/auth0%7Cimported1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(user["email"], "imported@example.com");
+    assert_eq!(user["updated_at"], "2024-01-02T03:04:05.678Z");
+    assert_eq!(
+        user["app_metadata"],
+        json!({"roles": ["admin"], "plan": "team"})
+    );
+
+    let broken =
+        std::env::temp_dir().join(format!("qb-users-{}.json", crate::helpers::random_suffix()));
+    std::fs::write(&broken, "{not a list").unwrap();
+    let err = Emulator::start(EmulatorConfig {
+        users_file: Some(broken.clone()),
+        ..EmulatorConfig::for_tests()
+    })
+    .await
+    .err()
+    .expect("a broken users file is an error");
+    let _ = std::fs::remove_file(&broken);
+    assert!(format!("{err:#}").contains("JSON array"), "{err:#}");
+}
