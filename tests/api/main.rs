@@ -3,6 +3,7 @@
 mod auth;
 mod browser;
 mod deploy_files;
+mod emulator;
 mod foundation;
 mod helpers;
 mod quotes;
