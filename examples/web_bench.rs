@@ -34,7 +34,10 @@ struct Row {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let binary = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/quotebook");
-    anyhow::ensure!(binary.exists(), "build the app first: cargo build --release");
+    anyhow::ensure!(
+        binary.exists(),
+        "build the app first: cargo build --release"
+    );
     for tool in ["wrk", "pgbench"] {
         anyhow::ensure!(
             Command::new("which").arg(tool).output()?.status.success(),
@@ -45,7 +48,9 @@ async fn main() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("quotebook-bench-{}", std::process::id()));
     let cluster = tokio::task::block_in_place(|| LocalPostgres::start(&dir))?;
     let mut admin = cluster.connect_options("postgres").connect().await?;
-    sqlx::query("CREATE DATABASE bench").execute(&mut admin).await?;
+    sqlx::query("CREATE DATABASE bench")
+        .execute(&mut admin)
+        .await?;
     admin.close().await?;
 
     let port = free_port()?;
@@ -83,14 +88,24 @@ async fn main() -> anyhow::Result<()> {
 
     let mut rows = Vec::new();
     rows.push(run_wrk("GET / signed out", &format!("{base}/"), &[], &app)?);
-    rows.push(run_wrk("GET / signed in, with a quote", &format!("{base}/"), &["-H", &cookie_header], &app)?);
+    rows.push(run_wrk(
+        "GET / signed in, with a quote",
+        &format!("{base}/"),
+        &["-H", &cookie_header],
+        &app,
+    )?);
     rows.push(run_wrk(
         "PUT /quote (htmx)",
         &format!("{base}/quote"),
         &["-s", put_script.to_str().unwrap_or_default()],
         &app,
     )?);
-    rows.push(run_wrk("GET /assets/htmx.min.js", &format!("{base}/assets/htmx.min.js"), &[], &app)?);
+    rows.push(run_wrk(
+        "GET /assets/htmx.min.js",
+        &format!("{base}/assets/htmx.min.js"),
+        &[],
+        &app,
+    )?);
     let pgbench_tps = run_pgbench(&cluster)?;
 
     let _ = app.kill();
@@ -100,8 +115,14 @@ async fn main() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
 
     println!();
-    println!("{} connections, {} s each, wrk -t2; idle RSS {:.1} MB", CONNECTIONS, SECONDS, idle_rss);
-    println!("{:<32} {:>10} {:>9} {:>9} {:>7} {:>12}", "scenario", "req/s", "p50 ms", "p99 ms", "errors", "RSS MB");
+    println!(
+        "{} connections, {} s each, wrk -t2; idle RSS {:.1} MB",
+        CONNECTIONS, SECONDS, idle_rss
+    );
+    println!(
+        "{:<32} {:>10} {:>9} {:>9} {:>7} {:>12}",
+        "scenario", "req/s", "p50 ms", "p99 ms", "errors", "RSS MB"
+    );
     for row in &rows {
         println!(
             "{:<32} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>12.1}",
@@ -119,7 +140,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 async fn wait_until_up(base: &str) -> anyhow::Result<()> {
@@ -146,10 +169,12 @@ async fn signed_in_user_with_quote(pool: &sqlx::PgPool) -> anyhow::Result<(Strin
             .bind(format!("Bench {n}"))
             .execute(pool)
             .await?;
-        sqlx::query("INSERT INTO user_messages (user_id, message) VALUES ($1, 'To measure is to know.')")
-            .bind(&user_id)
-            .execute(pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO user_messages (user_id, message) VALUES ($1, 'To measure is to know.')",
+        )
+        .bind(&user_id)
+        .execute(pool)
+        .await?;
         let mut session = Session::new();
         session.insert("created_at", chrono::Utc::now().timestamp())?;
         session.insert("csrf_token", &csrf)?;
@@ -192,9 +217,14 @@ fn rss_mb(child: &Child) -> f64 {
 
 fn run_wrk(name: &'static str, url: &str, extra: &[&str], app: &Child) -> anyhow::Result<Row> {
     let mut cmd = Command::new("wrk");
-    cmd.args(["-t2", &format!("-c{CONNECTIONS}"), &format!("-d{SECONDS}s"), "--latency"])
-        .args(extra)
-        .arg(url);
+    cmd.args([
+        "-t2",
+        &format!("-c{CONNECTIONS}"),
+        &format!("-d{SECONDS}s"),
+        "--latency",
+    ])
+    .args(extra)
+    .arg(url);
     let child = cmd.stdout(Stdio::piped()).spawn()?;
     // RSS under load: sample half-way through the run.
     std::thread::sleep(Duration::from_secs(u64::from(SECONDS) / 2));
@@ -239,7 +269,9 @@ fn run_wrk(name: &'static str, url: &str, extra: &[&str], app: &Child) -> anyhow
 }
 
 fn parse_duration_ms(value: &str) -> f64 {
-    let split = value.find(|c: char| c.is_alphabetic()).unwrap_or(value.len());
+    let split = value
+        .find(|c: char| c.is_alphabetic())
+        .unwrap_or(value.len());
     let (number, unit) = value.split_at(split);
     let number: f64 = number.parse().unwrap_or(f64::NAN);
     match unit {
@@ -260,8 +292,21 @@ fn run_pgbench(cluster: &LocalPostgres) -> anyhow::Result<f64> {
             .output()
     };
     let init = pgbench(&["-i", "-s", "1", "-q", "bench"])?;
-    anyhow::ensure!(init.status.success(), "pgbench -i failed: {}", String::from_utf8_lossy(&init.stderr));
-    let run = pgbench(&["-S", "-c", &CONNECTIONS.to_string(), "-j", "2", "-T", &SECONDS.to_string(), "bench"])?;
+    anyhow::ensure!(
+        init.status.success(),
+        "pgbench -i failed: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let run = pgbench(&[
+        "-S",
+        "-c",
+        &CONNECTIONS.to_string(),
+        "-j",
+        "2",
+        "-T",
+        &SECONDS.to_string(),
+        "bench",
+    ])?;
     let text = String::from_utf8_lossy(&run.stdout);
     Ok(text
         .lines()
