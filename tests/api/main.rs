@@ -5,6 +5,7 @@ mod browser;
 mod deploy_files;
 mod emulator;
 mod foundation;
+mod hardening;
 mod helpers;
 mod quotes;
 mod webdriver;

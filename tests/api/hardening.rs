@@ -1,0 +1,334 @@
+//! Hardening: many people editing at once, the database going away under load, hostile input.
+
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, stream};
+use quotebook::{config::Settings, local_postgres::LocalPostgres, startup::Application};
+use reqwest::StatusCode;
+
+use crate::helpers::{self, spawn_app, spawn_app_with};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_people_editing_fifty_times_at_once_end_exact() {
+    let app = spawn_app_with(&[("DATABASE_MAX_CONNECTIONS", "10")]).await;
+    let people: Vec<(usize, reqwest::Client, String)> = stream::iter(0..100)
+        .map(|n| {
+            let app = &app;
+            async move {
+                let client = app
+                    .signed_in_client(&format!("editor{n}@example.com"))
+                    .await;
+                let token = app.csrf_for(&client).await;
+                (n, client, token)
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+
+    // 50 concurrent edits per person, everyone at once (bounded to keep the test machine sane).
+    let edits = people.iter().flat_map(|(n, client, token)| {
+        (0..50).map(move |k| (n, client, token, format!("person {n} edit {k}")))
+    });
+    let statuses: Vec<StatusCode> = stream::iter(edits)
+        .map(|(_, client, token, text)| {
+            let url = app.url("/quote");
+            async move {
+                client
+                    .put(url)
+                    .header("HX-Request", "true")
+                    .header("X-CSRF-Token", token)
+                    .form(&[("message", text)])
+                    .send()
+                    .await
+                    .map(|r| r.status())
+                    .unwrap_or(StatusCode::BAD_GATEWAY)
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    assert_eq!(statuses.len(), 5000);
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "every edit succeeds: {:?}",
+        statuses
+            .iter()
+            .filter(|s| **s != StatusCode::OK)
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+
+    // Each person's row holds one of their own edits, nothing of anyone else's.
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT u.email, m.message FROM user_messages m JOIN users u USING (user_id) ORDER BY u.email",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 100);
+    for (email, message) in &rows {
+        let n = email
+            .trim_start_matches("editor")
+            .trim_end_matches("@example.com");
+        assert!(
+            message.starts_with(&format!("person {n} edit ")),
+            "{email} has {message:?}"
+        );
+    }
+
+    // And a last edit lands exactly.
+    for (n, client, token) in &people {
+        let response = client
+            .put(app.url("/quote"))
+            .header("HX-Request", "true")
+            .header("X-CSRF-Token", token)
+            .form(&[("message", format!("final words of {n}"))])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let finals: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM user_messages m JOIN users u USING (user_id)
+         WHERE m.message = 'final words of ' || trim(leading 'editor' from split_part(u.email, '@', 1))",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(finals, 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_postgres_stops_under_load_pages_fail_fast_and_recover() {
+    let dir = std::env::temp_dir().join(format!("quotebook-outage-{}", helpers::random_suffix()));
+    let cluster = tokio::task::block_in_place(|| LocalPostgres::start(&dir)).unwrap();
+    let vars = helpers::test_vars(
+        &cluster.url("postgres"),
+        &[("DATABASE_ACQUIRE_TIMEOUT_MS", "1000")],
+    );
+    let app = Application::build(Settings::from_vars(&vars).unwrap())
+        .await
+        .unwrap();
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = rx.await;
+    }));
+    let test_app = TestAppView {
+        address: address.clone(),
+    };
+    let client = test_app.sign_in().await;
+
+    // Load: 16 workers requesting the signed-in home page until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..16 {
+        let client = client.clone();
+        let url = format!("{address}/");
+        let stop = stop.clone();
+        workers.push(tokio::spawn(async move {
+            let mut worst = Duration::ZERO;
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = Instant::now();
+                let status = client
+                    .get(&url)
+                    .send()
+                    .await
+                    .map(|r| r.status())
+                    .unwrap_or(StatusCode::BAD_GATEWAY);
+                worst = worst.max(started.elapsed());
+                statuses.push(status);
+            }
+            (worst, statuses)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::task::block_in_place(|| cluster.stop());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ready = client
+        .get(format!("{address}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut statuses = Vec::new();
+    for worker in workers {
+        let (worst, seen) = worker.await.unwrap();
+        assert!(
+            worst < Duration::from_secs(3),
+            "no request may hang past the timeout: {worst:?}"
+        );
+        statuses.extend(seen);
+    }
+    assert!(statuses.contains(&StatusCode::OK));
+    assert!(
+        statuses.contains(&StatusCode::SERVICE_UNAVAILABLE),
+        "outage pages are 503"
+    );
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::OK || *s == StatusCode::SERVICE_UNAVAILABLE),
+        "only 200 or 503: {:?}",
+        statuses
+            .iter()
+            .filter(|s| **s != StatusCode::OK && **s != StatusCode::SERVICE_UNAVAILABLE)
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+
+    // Postgres back: the same process recovers by itself, session included.
+    let cluster = tokio::task::block_in_place(|| LocalPostgres::start(&dir)).unwrap();
+    let mut recovered = false;
+    for _ in 0..40 {
+        let home = client.get(format!("{address}/")).send().await.unwrap();
+        if home.status() == StatusCode::OK {
+            assert!(
+                home.text().await.unwrap().contains("Welcome, "),
+                "still signed in"
+            );
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(recovered, "the app recovers without a restart");
+
+    let _ = tx.send(());
+    let _ = server.await;
+    tokio::task::block_in_place(|| cluster.stop());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Just enough of a test app to sign in against an app started by hand.
+struct TestAppView {
+    address: String,
+}
+
+impl TestAppView {
+    async fn sign_in(&self) -> reqwest::Client {
+        let client = helpers::client();
+        let start = client
+            .get(format!("{}/auth/login", self.address))
+            .send()
+            .await
+            .unwrap();
+        let authorize = url::Url::parse(&helpers::location(&start)).unwrap();
+        let page = client
+            .get(authorize.clone())
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let form = helpers::find_form(&page, "email").unwrap();
+        let mut fields = form.hidden.clone();
+        fields.push(("email".into(), "outage@example.com".into()));
+        let back = client
+            .post(authorize.join(&form.action).unwrap())
+            .form(&fields)
+            .send()
+            .await
+            .unwrap();
+        let done = client.get(helpers::location(&back)).send().await.unwrap();
+        assert_eq!(done.status(), StatusCode::SEE_OTHER);
+        client
+    }
+}
+
+#[tokio::test]
+async fn hostile_input_gets_clear_4xx_answers() {
+    let app = spawn_app().await;
+    let (client, token) = {
+        let client = app.signed_in_client("hostile@example.com").await;
+        let token = app.csrf_for(&client).await;
+        (client, token)
+    };
+
+    let huge = client
+        .post(app.url("/quote"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(vec![b'a'; 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    let long_header = client
+        .get(app.url("/"))
+        .header("x-filler", "a".repeat(512 * 1024))
+        .send()
+        .await;
+    match long_header {
+        Ok(response) => assert!(
+            response.status() == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+                || response.status() == StatusCode::BAD_REQUEST,
+            "{}",
+            response.status()
+        ),
+        // hyper may close the connection instead of answering.
+        Err(err) => assert!(
+            err.is_request() || err.is_connect() || err.is_body(),
+            "{err}"
+        ),
+    }
+
+    let nul = client
+        .post(app.url("/quote"))
+        .form(&[("message", "before\0after"), ("csrf_token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nul.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM user_messages")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0, "nothing written");
+    assert_eq!(
+        app.get("/healthz").await.status(),
+        StatusCode::OK,
+        "still serving"
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_trickles_in_times_out() {
+    let app = spawn_app_with(&[("REQUEST_TIMEOUT_SECS", "2")]).await;
+    let client = app.signed_in_client("slow@example.com").await;
+    let token = app.csrf_for(&client).await;
+    let chunks = stream::iter(0..10).then(move |i| {
+        let token = token.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let chunk = if i == 0 {
+                format!("csrf_token={token}&message=")
+            } else {
+                "a".to_owned()
+            };
+            Ok::<_, std::io::Error>(chunk)
+        }
+    });
+    let started = Instant::now();
+    let response = client
+        .post(app.url("/quote"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "answered at the timeout, not after the body"
+    );
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM user_messages")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0);
+}
