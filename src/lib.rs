@@ -8,4 +8,5 @@ pub mod http_stack;
 pub mod local_postgres;
 pub mod startup;
 pub mod telemetry;
+pub mod users;
 pub mod web;
