@@ -20,6 +20,9 @@ pub enum AppError {
     BadRequest(String),
     #[error("Please sign in to continue.")]
     Unauthorized,
+    /// A page or action that needs a signed-in person: browsers are sent to log in.
+    #[error("Please sign in to continue.")]
+    SignInRequired,
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -55,7 +58,7 @@ impl ResponseError for AppError {
     fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized | Self::SignInRequired => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -97,12 +100,37 @@ pub async fn render_errors<E: Endpoint>(next: E, req: Request) -> poem::Result<R
     let request_id = req.header("x-request-id").map(str::to_owned);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    // After signing in, a page view returns to the page; an action returns home.
+    let next_after_login = if method == poem::http::Method::GET && audience == Audience::Page {
+        req.uri()
+            .path_and_query()
+            .map_or("/".to_owned(), |p| p.to_string())
+    } else {
+        "/".to_owned()
+    };
     match next.call(req).await {
         Ok(output) => Ok(give_body(
             audience,
             output.into_response(),
             request_id.as_deref(),
         )),
+        Err(err)
+            if audience != Audience::Api
+                && matches!(
+                    err.downcast_ref::<AppError>(),
+                    Some(AppError::SignInRequired)
+                ) =>
+        {
+            let login = format!(
+                "/auth/login?next={}",
+                url::form_urlencoded::byte_serialize(next_after_login.as_bytes())
+                    .collect::<String>()
+            );
+            Ok(crate::web::htmx::redirect(
+                HxRequest(audience == Audience::Fragment),
+                &login,
+            ))
+        }
         Err(err) => {
             let status = err.status();
             let message = match err.downcast_ref::<AppError>() {

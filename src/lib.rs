@@ -1,11 +1,13 @@
 //! quotebook: keep one favourite quote, signed in with Auth0; a background job mirrors Auth0's
 //! users into Postgres. See README.md for running, testing and deploying.
 
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod http_stack;
 pub mod local_postgres;
+pub mod quotes;
 pub mod startup;
 pub mod telemetry;
 pub mod users;

@@ -9,7 +9,12 @@ use poem::{
 use sqlx::PgPool;
 
 use crate::{
-    config::Settings,
+    auth::{
+        oidc::OidcProvider,
+        session::{SessionConfig, SessionMiddleware},
+        session_store::PgSessionStore,
+    },
+    config::{IdentityProvider, Settings},
     db,
     http_stack::{self, StackSettings},
     local_postgres::LocalPostgres,
@@ -21,6 +26,7 @@ use crate::{
 pub struct AppState {
     pub db: PgPool,
     pub settings: Arc<Settings>,
+    pub oidc: Arc<OidcProvider>,
 }
 
 /// The database the app uses, and the local cluster behind it when we started one.
@@ -74,6 +80,8 @@ async fn create_database_if_missing(local: &LocalPostgres, name: &str) -> anyhow
 
 pub struct Application {
     port: u16,
+    /// Tasks that live as long as the server (session reaper, ...); aborted at shutdown.
+    background: Vec<tokio::task::JoinHandle<()>>,
     acceptor: BoxAcceptor,
     app: poem::endpoint::BoxEndpoint<'static>,
     database: Database,
@@ -98,14 +106,46 @@ impl Application {
             let _ = settings.base_url.set_port(Some(port));
         }
 
+        let issuer = match &settings.auth.provider {
+            IdentityProvider::External { issuer } => issuer.clone(),
+            IdentityProvider::Emulator { .. } => {
+                anyhow::bail!("the built-in Auth0 emulator is not available yet: set AUTH0_DOMAIN")
+            }
+        };
+        let oidc = Arc::new(OidcProvider::new(
+            issuer,
+            settings.auth.clone(),
+            settings.callback_url(),
+        )?);
+        // Discovery failing at start is not fatal: login retries it and says so meanwhile.
+        if let Err(err) = oidc.warm_up().await {
+            tracing::warn!(error = %err, "OpenID provider not reachable at start; will retry on login");
+        }
+
         let settings = Arc::new(settings);
         let state = AppState {
             db: database.pool.clone(),
             settings: settings.clone(),
+            oidc,
         };
+        let sessions = SessionMiddleware {
+            store: PgSessionStore::new(database.pool.clone()),
+            config: Arc::new(SessionConfig::new(
+                settings.secure_cookies(),
+                settings.session.idle_timeout,
+                settings.session.absolute_lifetime,
+            )),
+        };
+        let reaper = tokio::spawn(crate::auth::reap_sessions(sessions.store.clone()));
 
+        let sessions = Arc::new(sessions);
         let app = http_stack::wrap(
-            routes().data(state),
+            routes()
+                .around(move |ep, req| {
+                    let sessions = sessions.clone();
+                    async move { sessions.handle(ep, req).await }
+                })
+                .data(state),
             StackSettings {
                 body_limit: settings.body_limit,
                 request_timeout: settings.request_timeout,
@@ -114,6 +154,7 @@ impl Application {
         );
         Ok(Self {
             port,
+            background: vec![reaper],
             acceptor: acceptor.boxed(),
             app,
             database,
@@ -138,6 +179,9 @@ impl Application {
         let result = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(self.app, shutdown, Some(Duration::from_secs(10)))
             .await;
+        for task in self.background {
+            task.abort();
+        }
         self.database.close().await;
         tracing::info!("stopped");
         result
@@ -145,7 +189,8 @@ impl Application {
 }
 
 fn routes() -> Route {
-    Route::new()
+    crate::quotes::routes()
+        .nest("/auth", crate::auth::routes())
         .at("/healthz", get(web::health::healthz))
         .at("/readyz", get(web::health::readyz))
         .at("/assets/:name", get(web::assets::serve))

@@ -229,7 +229,11 @@ pub fn test_vars(database_url: &str, extra: &[(&str, &str)]) -> HashMap<String, 
         ("DATABASE_URL", database_url),
         ("DATABASE_MAX_CONNECTIONS", "5"),
         ("DATABASE_ACQUIRE_TIMEOUT_MS", "1500"),
-        ("AUTH0_EMULATOR_ADDR", "127.0.0.1:0"),
+        // Nothing listens on the discard port: a provider that is down. Sign-in tests start
+        // the emulator and override this.
+        ("AUTH0_ISSUER_BASE_URL", "http://127.0.0.1:9/"),
+        ("AUTH0_CLIENT_ID", "quotebook-dev"),
+        ("AUTH0_CLIENT_SECRET", "quotebook-dev-secret"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -246,7 +250,10 @@ pub async fn spawn_app() -> TestApp {
 
 /// Spawns the app with extra environment variables.
 pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
-    quotebook::telemetry::init(false);
+    // Logs only on request (`TEST_LOG=1 cargo test`): a passing run stays readable.
+    if std::env::var_os("TEST_LOG").is_some() {
+        quotebook::telemetry::init(false);
+    }
     let cluster = cluster();
     let db_name = cluster.create_database().await;
     let vars = test_vars(&cluster.url(&db_name), extra);

@@ -1,0 +1,57 @@
+//! Sign-in with any OpenID provider (Auth0 in production, the emulator in development),
+//! Postgres-backed sessions, CSRF protection and the signed-in-user extractor.
+
+pub mod csrf;
+pub mod current_user;
+pub mod oidc;
+pub mod roles;
+pub mod routes;
+pub mod session;
+pub mod session_store;
+pub mod user_row;
+pub mod views;
+
+use std::time::Duration;
+
+use poem::{Route, get};
+
+use crate::{
+    config::Settings,
+    web::layout::{Shell, Viewer},
+};
+use current_user::signed_in_user;
+use session::Session;
+use session_store::PgSessionStore;
+
+pub fn routes() -> Route {
+    Route::new()
+        .at("/login", get(routes::login))
+        .at("/callback", get(routes::callback))
+        .at("/logout", get(routes::logout_page).post(routes::logout))
+        .at("/me", get(routes::me))
+}
+
+/// The page shell's view of the session: who is signed in and their CSRF token.
+pub fn shell_for(session: &Session, settings: &Settings) -> Shell {
+    let user = signed_in_user(session);
+    Shell {
+        csrf_token: user.as_ref().and_then(|_| csrf::existing_token(session)),
+        viewer: user.map(|u| Viewer {
+            name: u.display_name().to_owned(),
+            is_admin: roles::is_admin(&u, &settings.admin),
+        }),
+    }
+}
+
+/// Deletes expired sessions every few minutes, for as long as the app runs.
+pub async fn reap_sessions(store: PgSessionStore) {
+    let mut every = tokio::time::interval(Duration::from_secs(300));
+    loop {
+        every.tick().await;
+        match store.reap().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "expired sessions removed"),
+            Err(err) => tracing::warn!(error = %err, "could not remove expired sessions"),
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! The `users` row a sign-in writes: created on first login, refreshed from the ID token's claims
+//! on later ones, without erasing the richer fields the sync copied from the Management API.
+
+use sqlx::PgPool;
+
+use super::oidc::VerifiedLogin;
+
+pub async fn upsert_from_login(db: &PgPool, login: &VerifiedLogin) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO users (user_id, email, email_verified, name, nickname, picture, last_login)
+         VALUES ($1, $2, $3, $4, $5, $6, now())
+         ON CONFLICT (user_id) DO UPDATE SET
+             email = COALESCE(EXCLUDED.email, users.email),
+             email_verified = COALESCE(EXCLUDED.email_verified, users.email_verified),
+             name = COALESCE(EXCLUDED.name, users.name),
+             nickname = COALESCE(EXCLUDED.nickname, users.nickname),
+             picture = COALESCE(EXCLUDED.picture, users.picture),
+             last_login = now(),
+             -- Signing in proves the account exists again.
+             deleted_at = NULL",
+    )
+    .bind(&login.sub)
+    .bind(&login.email)
+    .bind(login.email_verified)
+    .bind(&login.name)
+    .bind(&login.nickname)
+    .bind(&login.picture)
+    .execute(db)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,77 @@
+//! `user_messages` queries. The user id always comes from the session, never from a request.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use super::quote::Quote;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredQuote {
+    pub message: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl StoredQuote {
+    /// The optimistic-concurrency token carried by the edit form (microseconds since the epoch).
+    pub fn version(&self) -> String {
+        self.updated_at.timestamp_micros().to_string()
+    }
+}
+
+pub fn parse_version(raw: &str) -> Option<DateTime<Utc>> {
+    raw.trim()
+        .parse::<i64>()
+        .ok()
+        .and_then(DateTime::from_timestamp_micros)
+}
+
+pub enum SaveOutcome {
+    Saved(StoredQuote),
+    /// Someone (another tab) saved a newer version; nothing was written.
+    Conflict(StoredQuote),
+}
+
+pub async fn find(db: &PgPool, user_id: &str) -> Result<Option<StoredQuote>, sqlx::Error> {
+    sqlx::query_as("SELECT message, updated_at FROM user_messages WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_optional(db)
+        .await
+}
+
+/// Creates the quote, or replaces it if the stored version is still `expected` (the one the form
+/// was loaded from). One statement, so two tabs cannot both win.
+pub async fn save(
+    db: &PgPool,
+    user_id: &str,
+    quote: &Quote,
+    expected: Option<DateTime<Utc>>,
+) -> Result<SaveOutcome, sqlx::Error> {
+    let saved: Option<StoredQuote> = sqlx::query_as(
+        "INSERT INTO user_messages (user_id, message) VALUES ($1, $2)
+         ON CONFLICT (user_id) DO UPDATE
+             SET message = EXCLUDED.message, updated_at = clock_timestamp()
+             WHERE user_messages.updated_at = $3
+         RETURNING message, updated_at",
+    )
+    .bind(user_id)
+    .bind(quote.as_str())
+    .bind(expected)
+    .fetch_optional(db)
+    .await?;
+    if let Some(saved) = saved {
+        return Ok(SaveOutcome::Saved(saved));
+    }
+    match find(db, user_id).await? {
+        Some(current) => Ok(SaveOutcome::Conflict(current)),
+        // Deleted between the two statements: nothing to overwrite, so create it.
+        None => Box::pin(save(db, user_id, quote, None)).await,
+    }
+}
+
+pub async fn delete(db: &PgPool, user_id: &str) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM user_messages WHERE user_id = $1")
+        .bind(user_id)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
