@@ -96,6 +96,17 @@ pub async fn trigger(
     trigger_with_key(db, mode, trigger, None).await
 }
 
+/// The schedule's trigger for the cron tick at `tick` (UNIX seconds): every instance that fires
+/// the same tick gets the same run back, even after it has finished.
+pub async fn trigger_scheduled(
+    db: &PgPool,
+    mode: SyncMode,
+    tick: u64,
+) -> Result<(SyncRun, bool), SyncError> {
+    let key = format!("{mode}:{tick}");
+    trigger_with_key(db, mode, SyncTrigger::Schedule, Some(&key)).await
+}
+
 async fn trigger_with_key(
     db: &PgPool,
     mode: SyncMode,
@@ -271,11 +282,11 @@ async fn run_schedule(db: PgPool, mode: SyncMode, schedule: cron::Schedule) {
                 continue;
             }
         };
-        let key = format!("{mode}:{}", tick.get_timestamp());
-        match trigger_with_key(&db, mode, SyncTrigger::Schedule, Some(&key)).await {
-            Ok((run, true)) => tracing::debug!(run = run.id, %key, "scheduled sync queued"),
+        let tick = tick.get_timestamp();
+        match trigger_scheduled(&db, mode, tick).await {
+            Ok((run, true)) => tracing::debug!(run = run.id, tick, "scheduled sync queued"),
             Ok((run, false)) => {
-                tracing::debug!(run = run.id, %key, "scheduled sync skipped: a run is in flight or this tick was taken")
+                tracing::debug!(run = run.id, tick, "scheduled sync skipped: a run is in flight or this tick was taken")
             }
             Err(err) => tracing::warn!(%mode, error = %err, "could not queue the scheduled sync"),
         }
