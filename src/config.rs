@@ -103,6 +103,23 @@ pub struct SyncSettings {
     pub purge_after_days: u32,
 }
 
+/// The built-in emulator's development options.
+#[derive(Debug, Clone)]
+pub struct EmulatorSettings {
+    /// `AUTH0_EMULATOR_USERS`: demo users to seed (the first is an admin).
+    pub seed_users: usize,
+    /// `AUTH0_EMULATOR_PERSIST_KEY`: keep the signing key under `DATA_DIR` across restarts.
+    pub persist_key: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsSettings {
+    /// `METRICS_TOKEN`: bearer token for `/metrics` on the main port.
+    pub token: Option<Secret>,
+    /// `METRICS_ADDR`: a separate (private) listener for `/metrics`, e.g. `0.0.0.0:9091` on Fly.
+    pub addr: Option<std::net::SocketAddr>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub env: AppEnv,
@@ -119,6 +136,8 @@ pub struct Settings {
     pub session: SessionSettings,
     pub admin: AdminSettings,
     pub sync: SyncSettings,
+    pub metrics: MetricsSettings,
+    pub emulator: EmulatorSettings,
 }
 
 /// A setting that could not be accepted; the message names the variable and what it expects.
@@ -236,6 +255,15 @@ impl Settings {
             ));
         }
 
+        // A local cluster in production would keep everyone's data on a Machine's throwaway disk.
+        let database_url = get("DATABASE_URL").map(Secret::new);
+        if production && database_url.is_none() {
+            return Err(ConfigError::new(
+                "DATABASE_URL",
+                "required in production: your Neon pooled connection string (postgres://...?sslmode=require)",
+            ));
+        }
+
         Ok(Self {
             env,
             host,
@@ -246,7 +274,7 @@ impl Settings {
             request_timeout: Duration::from_secs(parse_number(&get, "REQUEST_TIMEOUT_SECS", 15)?),
             trust_proxy_headers: parse_bool(&get, "TRUST_PROXY_HEADERS", false)?,
             database: DatabaseSettings {
-                url: get("DATABASE_URL").map(Secret::new),
+                url: database_url,
                 direct_url: get("DATABASE_URL_DIRECT").map(Secret::new),
                 max_connections: parse_number(&get, "DATABASE_MAX_CONNECTIONS", 10)?,
                 acquire_timeout: Duration::from_millis(parse_number(
@@ -286,6 +314,19 @@ impl Settings {
                 full_schedule: get("SYNC_FULL_SCHEDULE")
                     .unwrap_or_else(|| "0 30 3 * * *".to_owned()),
                 purge_after_days: parse_number(&get, "SYNC_PURGE_AFTER_DAYS", 30)?,
+            },
+            emulator: EmulatorSettings {
+                seed_users: parse_number(&get, "AUTH0_EMULATOR_USERS", 20)?,
+                persist_key: parse_bool(&get, "AUTH0_EMULATOR_PERSIST_KEY", true)?,
+            },
+            metrics: MetricsSettings {
+                token: get("METRICS_TOKEN").map(Secret::new),
+                addr: match get("METRICS_ADDR") {
+                    None => None,
+                    Some(raw) => Some(raw.parse().map_err(|_| {
+                        ConfigError::new("METRICS_ADDR", format!("expected host:port, got {raw:?}"))
+                    })?),
+                },
             },
         })
     }
@@ -353,6 +394,12 @@ fn auth_settings(
             return Err(ConfigError::new(
                 "AUTH0_DOMAIN",
                 "required in production (e.g. your-tenant.us.auth0.com)",
+            ));
+        }
+        _ if !cfg!(feature = "emulator") => {
+            return Err(ConfigError::new(
+                "AUTH0_DOMAIN",
+                "required: this build has no built-in Auth0 emulator (e.g. your-tenant.us.auth0.com)",
             ));
         }
         _ => {
@@ -512,6 +559,13 @@ mod tests {
         assert_eq!(
             Settings::from_vars(&vars(&p)).unwrap_err().var,
             "AUTH0_DOMAIN"
+        );
+
+        let mut p = production();
+        p.retain(|(k, _)| *k != "DATABASE_URL");
+        assert_eq!(
+            Settings::from_vars(&vars(&p)).unwrap_err().var,
+            "DATABASE_URL"
         );
     }
 

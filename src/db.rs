@@ -87,6 +87,19 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     Ok(())
 }
 
+/// Applies migrations at start-up. sqlx holds a session advisory lock while migrating, which
+/// Neon's pooler (PgBouncer in transaction mode) cannot keep, so the direct endpoint is used when
+/// one is configured; otherwise the app's own pool.
+pub async fn migrate_at_start(pool: &PgPool, settings: &DatabaseSettings) -> Result<(), DbError> {
+    let Some(direct) = &settings.direct_url else {
+        return migrate(pool).await;
+    };
+    let direct = connect(options_from_url(direct.expose())?, settings).await?;
+    let result = migrate(&direct).await;
+    direct.close().await;
+    result
+}
+
 /// True when `err` means the database could not be reached (503), not that a query was wrong.
 pub fn is_unavailable(err: &sqlx::Error) -> bool {
     matches!(

@@ -33,7 +33,6 @@ use tower_http::{
     timeout::TimeoutLayer,
     trace::TraceLayer,
 };
-use tracing::Span;
 
 /// The body type poem's tower bridge hands to tower services.
 type BoxBody = http_body_util::combinators::BoxBody<bytes::Bytes, std::io::Error>;
@@ -67,6 +66,7 @@ pub fn wrap(
     let inner = PoemService(Arc::new(
         app.into_endpoint()
             .around(crate::error::render_errors)
+            .around(crate::observability::observe)
             .map_to_response()
             .boxed(),
     ));
@@ -90,10 +90,10 @@ pub fn wrap(
                         .unwrap_or("-");
                     tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
                 })
+                // The request's log line comes from `observability::observe`, which knows the
+                // route template and user; this layer only provides the span.
                 .on_request(())
-                .on_response(|res: &http::Response<_>, latency: Duration, _span: &Span| {
-                    tracing::info!(status = res.status().as_u16(), latency_ms = latency.as_secs_f64() * 1000.0, "response");
-                })
+                .on_response(())
                 .on_failure(()),
         )
         .layer(PropagateRequestIdLayer::x_request_id())

@@ -4,9 +4,12 @@
 pub mod auth;
 pub mod config;
 pub mod db;
+#[cfg(feature = "emulator")]
+pub mod emulator;
 pub mod error;
 pub mod http_stack;
 pub mod local_postgres;
+pub mod observability;
 pub mod quotes;
 pub mod startup;
 pub mod telemetry;

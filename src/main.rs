@@ -43,6 +43,41 @@ enum Command {
     },
     /// Run only the background worker (user sync jobs and their schedule).
     Worker,
+    /// Run the built-in Auth0 emulator on its own (development and tests only).
+    #[cfg(feature = "emulator")]
+    Emulator(EmulatorArgs),
+}
+
+#[cfg(feature = "emulator")]
+#[derive(Debug, clap::Args)]
+struct EmulatorArgs {
+    /// Port to listen on (127.0.0.1).
+    #[arg(long, default_value_t = 3001)]
+    port: u16,
+    /// Demo users to seed (the first is an admin).
+    #[arg(long, default_value_t = 50)]
+    users: usize,
+    /// JSON array of Auth0-shaped users to add.
+    #[arg(long)]
+    users_file: Option<std::path::PathBuf>,
+    #[arg(long, default_value = quotebook::config::DEV_CLIENT_ID)]
+    client_id: String,
+    #[arg(long, default_value = quotebook::config::DEV_CLIENT_SECRET)]
+    client_secret: String,
+    /// Allowed callback URL (repeatable).
+    #[arg(long = "callback-url", default_values_t = ["http://localhost:3000/auth/callback".to_owned()])]
+    callback_urls: Vec<String>,
+    /// Allowed logout URL (repeatable).
+    #[arg(long = "logout-url", default_values_t = ["http://localhost:3000/".to_owned()])]
+    logout_urls: Vec<String>,
+    /// Management API requests per second (unlimited when absent).
+    #[arg(long)]
+    rate_limit: Option<u32>,
+    /// Where to keep the signing key so tokens survive restarts.
+    #[arg(long, default_value = ".data/emulator-key.pem")]
+    key_file: std::path::PathBuf,
+    #[arg(long, default_value = quotebook::config::DEFAULT_ROLES_CLAIM)]
+    roles_claim: String,
 }
 
 #[tokio::main]
@@ -62,6 +97,8 @@ async fn main() -> ExitCode {
         Command::Migrate => migrate(settings).await,
         Command::Sync { full } => sync(settings, full).await,
         Command::Worker => worker(settings).await,
+        #[cfg(feature = "emulator")]
+        Command::Emulator(args) => emulator(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -87,6 +124,13 @@ async fn serve(settings: Settings, with_worker: bool) -> anyhow::Result<()> {
             }
             None => app.db().clone(),
         };
+        // In development mode the app started the emulator on a port it chose.
+        #[cfg(feature = "emulator")]
+        let issuer = match app.emulator() {
+            Some(emulator) => emulator.issuer(),
+            None => users::management_issuer(&settings)?,
+        };
+        #[cfg(not(feature = "emulator"))]
         let issuer = users::management_issuer(&settings)?;
         Some(users::job::spawn_worker(
             users::syncer(pool, &settings, issuer)?,
@@ -156,5 +200,32 @@ async fn migrate(mut settings: Settings) -> anyhow::Result<()> {
     database.close().await;
     result?;
     tracing::info!("migrations applied");
+    Ok(())
+}
+
+#[cfg(feature = "emulator")]
+async fn emulator(args: EmulatorArgs) -> anyhow::Result<()> {
+    use quotebook::emulator::{Emulator, EmulatorConfig};
+    let emulator = Emulator::start(EmulatorConfig {
+        bind: std::net::SocketAddr::from(([127, 0, 0, 1], args.port)),
+        client_id: args.client_id,
+        client_secret: args.client_secret,
+        callback_urls: args.callback_urls,
+        logout_urls: args.logout_urls,
+        seed_users: args.users,
+        users_file: args.users_file,
+        rate_limit: args.rate_limit,
+        key_file: Some(args.key_file),
+        roles_claim: args.roles_claim,
+    })
+    .await?;
+    tracing::warn!(
+        issuer = %emulator.issuer(),
+        users = emulator.users().count(),
+        "*** AUTH0 EMULATOR (development only, no real accounts) listening at {} ***",
+        emulator.issuer()
+    );
+    shutdown_signal().await;
+    emulator.shutdown();
     Ok(())
 }

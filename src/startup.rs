@@ -18,6 +18,7 @@ use crate::{
     db,
     http_stack::{self, StackSettings},
     local_postgres::LocalPostgres,
+    observability::named,
     web,
 };
 
@@ -27,6 +28,7 @@ pub struct AppState {
     pub db: PgPool,
     pub settings: Arc<Settings>,
     pub oidc: Arc<OidcProvider>,
+    pub sessions: PgSessionStore,
 }
 
 /// The database the app uses, and the local cluster behind it when we started one.
@@ -80,6 +82,8 @@ async fn create_database_if_missing(local: &LocalPostgres, name: &str) -> anyhow
 
 pub struct Application {
     port: u16,
+    #[cfg(feature = "emulator")]
+    emulator: Option<crate::emulator::Emulator>,
     /// Tasks that live as long as the server (session reaper, ...); aborted at shutdown.
     background: Vec<tokio::task::JoinHandle<()>>,
     acceptor: BoxAcceptor,
@@ -88,10 +92,12 @@ pub struct Application {
 }
 
 impl Application {
-    /// Opens the database, migrates it, builds the routes and binds the listener (port 0 works).
+    /// Opens the database, migrates it (through DATABASE_URL_DIRECT when set), builds the routes
+    /// and binds the listener (port 0 works).
     pub async fn build(mut settings: Settings) -> anyhow::Result<Self> {
+        crate::observability::recorder();
         let database = Database::open(&settings).await?;
-        db::migrate(&database.pool).await?;
+        db::migrate_at_start(&database.pool, &settings.database).await?;
 
         let acceptor = TcpListener::bind((settings.host, settings.port))
             .into_acceptor()
@@ -106,10 +112,21 @@ impl Application {
             let _ = settings.base_url.set_port(Some(port));
         }
 
+        #[cfg(feature = "emulator")]
+        let emulator = match &settings.auth.provider {
+            IdentityProvider::Emulator { bind } => Some(start_emulator(&settings, *bind).await?),
+            IdentityProvider::External { .. } => None,
+        };
         let issuer = match &settings.auth.provider {
             IdentityProvider::External { issuer } => issuer.clone(),
+            #[cfg(feature = "emulator")]
+            IdentityProvider::Emulator { .. } => match &emulator {
+                Some(emulator) => emulator.issuer(),
+                None => anyhow::bail!("the Auth0 emulator did not start"),
+            },
+            #[cfg(not(feature = "emulator"))]
             IdentityProvider::Emulator { .. } => {
-                anyhow::bail!("the built-in Auth0 emulator is not available yet: set AUTH0_DOMAIN")
+                anyhow::bail!("this build has no Auth0 emulator: set AUTH0_DOMAIN")
             }
         };
         let oidc = Arc::new(OidcProvider::new(
@@ -127,6 +144,7 @@ impl Application {
             db: database.pool.clone(),
             settings: settings.clone(),
             oidc,
+            sessions: PgSessionStore::new(database.pool.clone()),
         };
         let sessions = SessionMiddleware {
             store: PgSessionStore::new(database.pool.clone()),
@@ -136,7 +154,12 @@ impl Application {
                 settings.session.absolute_lifetime,
             )),
         };
-        let reaper = tokio::spawn(crate::auth::reap_sessions(sessions.store.clone()));
+        let mut background = vec![tokio::spawn(crate::auth::reap_sessions(
+            sessions.store.clone(),
+        ))];
+        if let Some(addr) = settings.metrics.addr {
+            background.push(serve_private_metrics(addr, state.clone()).await?);
+        }
 
         let sessions = Arc::new(sessions);
         let app = http_stack::wrap(
@@ -154,7 +177,9 @@ impl Application {
         );
         Ok(Self {
             port,
-            background: vec![reaper],
+            #[cfg(feature = "emulator")]
+            emulator,
+            background,
             acceptor: acceptor.boxed(),
             app,
             database,
@@ -167,6 +192,12 @@ impl Application {
 
     pub fn db(&self) -> &PgPool {
         &self.database.pool
+    }
+
+    /// The in-process Auth0 emulator, when development mode started one.
+    #[cfg(feature = "emulator")]
+    pub fn emulator(&self) -> Option<&crate::emulator::Emulator> {
+        self.emulator.as_ref()
     }
 
     /// Serves until `shutdown` resolves, drains in-flight requests (up to 10 s), then closes
@@ -182,6 +213,10 @@ impl Application {
         for task in self.background {
             task.abort();
         }
+        #[cfg(feature = "emulator")]
+        if let Some(emulator) = &self.emulator {
+            emulator.shutdown();
+        }
         self.database.close().await;
         tracing::info!("stopped");
         result
@@ -191,9 +226,62 @@ impl Application {
 fn routes() -> Route {
     crate::quotes::routes()
         .nest("/auth", crate::auth::routes())
-        .at("/healthz", get(web::health::healthz))
-        .at("/readyz", get(web::health::readyz))
-        .at("/assets/:name", get(web::assets::serve))
+        .at("/healthz", named("/healthz", get(web::health::healthz)))
+        .at("/readyz", named("/readyz", get(web::health::readyz)))
+        .at(
+            "/assets/:name",
+            named("/assets/:name", get(web::assets::serve)),
+        )
+        .at("/metrics", named("/metrics", get(web::metrics::scrape)))
+}
+
+/// Development mode without Auth0: the emulator on `bind`, seeded with demo users, its signing
+/// key kept under the data directory so sessions survive restarts.
+#[cfg(feature = "emulator")]
+async fn start_emulator(
+    settings: &Settings,
+    bind: std::net::SocketAddr,
+) -> anyhow::Result<crate::emulator::Emulator> {
+    use crate::emulator::{Emulator, EmulatorConfig};
+    let emulator = Emulator::start(EmulatorConfig {
+        bind,
+        client_id: settings.auth.client_id.clone(),
+        client_secret: settings.auth.client_secret.expose().to_owned(),
+        callback_urls: vec![settings.callback_url().to_string()],
+        logout_urls: vec![settings.base_url.to_string()],
+        seed_users: settings.emulator.seed_users,
+        users_file: None,
+        rate_limit: None,
+        key_file: settings
+            .emulator
+            .persist_key
+            .then(|| settings.data_dir.join("emulator-key.pem")),
+        roles_claim: settings.auth.roles_claim.clone(),
+    })
+    .await?;
+    tracing::warn!(
+        issuer = %emulator.issuer(),
+        "\n\n    *** AUTH0 EMULATOR: no AUTH0_DOMAIN set, so sign-in uses the built-in offline emulator ***\n    *** at {} with demo users. Development only; never used with APP_ENV=production.  ***\n",
+        emulator.issuer()
+    );
+    Ok(emulator)
+}
+
+/// `/metrics` on its own (private) listener, e.g. Fly's metrics port.
+async fn serve_private_metrics(
+    addr: std::net::SocketAddr,
+    state: AppState,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let acceptor = TcpListener::bind(addr).into_acceptor().await?;
+    let app = Route::new()
+        .at("/metrics", get(web::metrics::private_metrics))
+        .data(state);
+    tracing::info!(%addr, "metrics listener");
+    Ok(tokio::spawn(async move {
+        if let Err(err) = Server::new_with_acceptor(acceptor).run(app).await {
+            tracing::error!(error = %err, "metrics listener stopped");
+        }
+    }))
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM (Fly, Docker, systemd).

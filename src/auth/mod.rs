@@ -17,18 +17,26 @@ use poem::{Route, get};
 
 use crate::{
     config::Settings,
+    observability::named,
     web::layout::{Shell, Viewer},
 };
 use current_user::signed_in_user;
 use session::Session;
 use session_store::PgSessionStore;
 
+/// Mounted under `/auth`.
 pub fn routes() -> Route {
     Route::new()
-        .at("/login", get(routes::login))
-        .at("/callback", get(routes::callback))
-        .at("/logout", get(routes::logout_page).post(routes::logout))
-        .at("/me", get(routes::me))
+        .at("/login", named("/auth/login", get(routes::login)))
+        .at("/callback", named("/auth/callback", get(routes::callback)))
+        .at(
+            "/logout",
+            named(
+                "/auth/logout",
+                get(routes::logout_page).post(routes::logout),
+            ),
+        )
+        .at("/me", named("/auth/me", get(routes::me)))
 }
 
 /// The page shell's view of the session: who is signed in and their CSRF token.

@@ -56,7 +56,7 @@ pub async fn login(
         Ok(found) => found,
         Err(err) => {
             tracing::warn!(error = %err, "login could not start");
-            return Ok(provider_unreachable(&session, &state));
+            return Ok(provider_unreachable(&session, state));
         }
     };
     let mut pendings: Vec<PendingLogin> = session.get(PENDING).unwrap_or_default();
@@ -137,7 +137,7 @@ pub async fn callback(
         Ok(verified) => verified,
         Err(OidcError::Unreachable(detail)) => {
             tracing::warn!(error = %detail, "token exchange failed: provider unreachable");
-            return Ok(provider_unreachable(&session, &state));
+            return Ok(provider_unreachable(&session, state));
         }
         Err(err) => {
             tracing::warn!(error = %err, "sign-in rejected");

@@ -170,6 +170,11 @@ impl SessionMiddleware {
         req.extensions_mut().insert(session.clone());
 
         let mut response = next.call(req).await?.into_response();
+        if let Some(user) = super::current_user::signed_in_user(&session) {
+            response
+                .extensions_mut()
+                .insert(crate::observability::UserTag::of(&user.sub));
+        }
         self.save(&session, &mut response).await?;
         Ok(response)
     }

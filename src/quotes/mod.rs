@@ -7,16 +7,24 @@ pub mod views;
 
 use poem::{Route, get, post};
 
+use crate::observability::named;
+
 pub fn routes() -> Route {
     Route::new()
-        .at("/", get(routes::home))
+        .at("/", named("/", get(routes::home)))
         .at(
             "/quote",
-            get(routes::show)
-                .post(routes::save)
-                .put(routes::save)
-                .delete(routes::delete),
+            named(
+                "/quote",
+                get(routes::show)
+                    .post(routes::save)
+                    .put(routes::save)
+                    .delete(routes::delete),
+            ),
         )
-        .at("/quote/edit", get(routes::edit))
-        .at("/quote/delete", post(routes::delete_form))
+        .at("/quote/edit", named("/quote/edit", get(routes::edit)))
+        .at(
+            "/quote/delete",
+            named("/quote/delete", post(routes::delete_form)),
+        )
 }

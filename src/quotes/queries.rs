@@ -25,6 +25,17 @@ pub fn parse_version(raw: &str) -> Option<DateTime<Utc>> {
         .and_then(DateTime::from_timestamp_micros)
 }
 
+/// What a save may overwrite.
+#[derive(Debug, Clone, Copy)]
+pub enum Precondition {
+    /// Only create: the first-quote form must not silently replace one saved in another tab.
+    Absent,
+    /// Replace only the version the edit form was loaded from.
+    Version(DateTime<Utc>),
+    /// Replace whatever is there (`PUT` without a version: a deliberate overwrite).
+    Any,
+}
+
 pub enum SaveOutcome {
     Saved(StoredQuote),
     /// Someone (another tab) saved a newer version; nothing was written.
@@ -38,24 +49,30 @@ pub async fn find(db: &PgPool, user_id: &str) -> Result<Option<StoredQuote>, sql
         .await
 }
 
-/// Creates the quote, or replaces it if the stored version is still `expected` (the one the form
-/// was loaded from). One statement, so two tabs cannot both win.
+/// Creates the quote, or replaces it when `precondition` allows. One statement, so two tabs
+/// cannot both win.
 pub async fn save(
     db: &PgPool,
     user_id: &str,
     quote: &Quote,
-    expected: Option<DateTime<Utc>>,
+    precondition: Precondition,
 ) -> Result<SaveOutcome, sqlx::Error> {
+    let (any, version) = match precondition {
+        Precondition::Absent => (false, None),
+        Precondition::Version(version) => (false, Some(version)),
+        Precondition::Any => (true, None),
+    };
     let saved: Option<StoredQuote> = sqlx::query_as(
         "INSERT INTO user_messages (user_id, message) VALUES ($1, $2)
          ON CONFLICT (user_id) DO UPDATE
              SET message = EXCLUDED.message, updated_at = clock_timestamp()
-             WHERE user_messages.updated_at = $3
+             WHERE $3 OR user_messages.updated_at = $4
          RETURNING message, updated_at",
     )
     .bind(user_id)
     .bind(quote.as_str())
-    .bind(expected)
+    .bind(any)
+    .bind(version)
     .fetch_optional(db)
     .await?;
     if let Some(saved) = saved {
@@ -64,7 +81,7 @@ pub async fn save(
     match find(db, user_id).await? {
         Some(current) => Ok(SaveOutcome::Conflict(current)),
         // Deleted between the two statements: nothing to overwrite, so create it.
-        None => Box::pin(save(db, user_id, quote, None)).await,
+        None => Box::pin(save(db, user_id, quote, Precondition::Absent)).await,
     }
 }
 

@@ -3,17 +3,21 @@
 //! user id comes only from the session.
 
 use maud::{Markup, html};
-use poem::{IntoResponse, Request, Response, handler, http::StatusCode, web::Data};
+use poem::{
+    IntoResponse, Request, Response, handler,
+    http::{Method, StatusCode},
+    web::Data,
+};
 use serde::Deserialize;
 
 use super::{
-    queries::{self, SaveOutcome, StoredQuote},
+    queries::{self, Precondition, SaveOutcome, StoredQuote},
     quote::Quote,
     views::{self, FormState},
 };
 use crate::{
     auth::{csrf, current_user::SignedIn, session::Session, shell_for},
-    error::AppResult,
+    error::{AppError, AppResult},
     startup::AppState,
     web::{
         form::StrictForm,
@@ -99,7 +103,16 @@ pub async fn save(
 ) -> AppResult<Response> {
     csrf::verify(req, &session, form.csrf_token.as_deref())?;
     let token = csrf::token(&session)?;
-    let version = form.version.as_deref().and_then(queries::parse_version);
+    let precondition = match form.version.as_deref().map(queries::parse_version) {
+        Some(Some(version)) => Precondition::Version(version),
+        Some(None) => {
+            return Err(AppError::BadRequest(
+                "The form's version is not valid. Reload the page and try again.".into(),
+            ));
+        }
+        None if req.method() == Method::PUT => Precondition::Any,
+        None => Precondition::Absent,
+    };
 
     let quote = match Quote::parse(&form.message) {
         Ok(quote) => quote,
@@ -123,7 +136,7 @@ pub async fn save(
         }
     };
 
-    match queries::save(&state.db, &user.sub, &quote, version).await? {
+    match queries::save(&state.db, &user.sub, &quote, precondition).await? {
         SaveOutcome::Saved(saved) if hx.0 => Ok(vary(html! {
             (views::display(&saved, &token))
             (views::status("Your quote was saved."))

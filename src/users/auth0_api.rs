@@ -192,7 +192,11 @@ impl ManagementApi {
             .join("api/v2/")
             .map_err(|_| ApiError::BadIssuer(issuer.to_string()))?;
         let http = reqwest::Client::builder()
-            .user_agent(concat!("quotebook/", env!("CARGO_PKG_VERSION"), " user-sync"))
+            .user_agent(concat!(
+                "quotebook/",
+                env!("CARGO_PKG_VERSION"),
+                " user-sync"
+            ))
             .connect_timeout(Duration::from_secs(10))
             .timeout(options.request_timeout)
             .build()
@@ -377,7 +381,11 @@ impl ManagementApi {
                             });
                         }
                         let wait = self.rate_wait(response.headers());
-                        tracing::info!(what, wait_ms = wait.as_millis() as u64, "Auth0 rate limit reached; waiting for the window to reset");
+                        tracing::info!(
+                            what,
+                            wait_ms = wait.as_millis() as u64,
+                            "Auth0 rate limit reached; waiting for the window to reset"
+                        );
                         tokio::time::sleep(wait).await;
                         continue;
                     }
@@ -444,7 +452,10 @@ impl ManagementApi {
         let form = [
             ("grant_type", "client_credentials".to_owned()),
             ("client_id", self.inner.client_id.clone()),
-            ("client_secret", self.inner.client_secret.expose().to_owned()),
+            (
+                "client_secret",
+                self.inner.client_secret.expose().to_owned(),
+            ),
             ("audience", self.inner.api_base.to_string()),
         ];
         let what = "POST /oauth/token (client credentials)";
@@ -541,9 +552,7 @@ fn until_unix(reset: u64, max: Duration) -> Duration {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    Duration::from_secs(reset)
-        .saturating_sub(now)
-        .min(max)
+    Duration::from_secs(reset).saturating_sub(now).min(max)
 }
 
 fn jitter(max_ms: u64) -> Duration {
@@ -556,7 +565,9 @@ fn backoff(options: &ApiOptions, failures: u32) -> Duration {
         .backoff_base
         .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
         .min(options.backoff_max);
-    let ceiling_ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX).max(1);
+    let ceiling_ms = u64::try_from(ceiling.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
     Duration::from_millis(rand::thread_rng().gen_range(ceiling_ms / 2..=ceiling_ms))
 }
 

@@ -94,7 +94,10 @@ mod tests {
         assert_eq!(user.user_id, "auth0|1");
         assert_eq!(user.email.as_deref(), Some("a@example.com"));
         assert_eq!(user.logins_count, Some(3));
-        assert_eq!(user.name, None, "a wrongly typed field is skipped, not fatal");
+        assert_eq!(
+            user.name, None,
+            "a wrongly typed field is skipped, not fatal"
+        );
         assert_eq!(
             user.updated_at.unwrap().to_rfc3339(),
             "2024-01-02T03:04:05.678+00:00"

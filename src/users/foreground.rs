@@ -109,7 +109,10 @@ fn show(bar: &ProgressBar, run: &SyncRun) {
 /// The one-line summary printed after a foreground sync.
 pub fn summary(run: &SyncRun) -> String {
     let took = match (run.started_at, run.finished_at) {
-        (Some(start), Some(end)) => format!(" in {:.1}s", (end - start).num_milliseconds() as f64 / 1000.0),
+        (Some(start), Some(end)) => format!(
+            " in {:.1}s",
+            (end - start).num_milliseconds() as f64 / 1000.0
+        ),
         _ => String::new(),
     };
     let mut line = format!(

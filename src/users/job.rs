@@ -14,7 +14,10 @@ use std::{future::Future, str::FromStr, sync::Arc, time::Duration};
 use apalis::prelude::{BoxDynError, Data, TaskBuilder, WorkerBuilder};
 use apalis_cron::CronScheduler;
 use apalis_postgres::{Config, PostgresStorage};
-use futures::{FutureExt, StreamExt};
+use futures::{
+    FutureExt, StreamExt,
+    future::{BoxFuture, Shared},
+};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
@@ -170,14 +173,25 @@ fn jitter(max: Duration) -> Duration {
 struct JobContext {
     syncer: Syncer,
     options: Arc<WorkerOptions>,
+    stop: Shared<BoxFuture<'static, ()>>,
 }
 
 async fn handle(job: SyncUsers, ctx: Data<JobContext>) -> Result<(), BoxDynError> {
     tracing::debug!(run = job.run_id, mode = %job.mode, trigger = %job.trigger, "sync job received");
-    // The outcome lives on the run row; only a database failure fails the job itself (apalis
-    // then retries it).
-    execute_with_retries(&ctx.syncer, job.run_id, &ctx.options).await?;
-    Ok(())
+    // The outcome lives on the run row; only a database failure or a shutdown fails the job
+    // itself, and apalis hands a failed job with attempts left to the next worker.
+    tokio::select! {
+        result = execute_with_retries(&ctx.syncer, job.run_id, &ctx.options) => {
+            result?;
+            Ok(())
+        }
+        // A sync can outlast a deploy's grace period: stop now and let the next worker resume
+        // rather than be killed mid-write (which is safe too, only slower to recover).
+        () = ctx.stop.clone() => {
+            sync_runs::requeue(ctx.syncer.db(), job.run_id, "interrupted by a worker shutdown; resuming on the next worker").await?;
+            Err("worker shutting down".into())
+        }
+    }
 }
 
 /// Runs the sync worker (and, with `options.schedules`, the cron schedules) until `shutdown`.
@@ -203,7 +217,7 @@ pub async fn run_worker(
     .collect::<Result<Vec<_>, _>>()?;
     setup(syncer.db()).await?;
 
-    let shutdown = shutdown.shared();
+    let shutdown = shutdown.boxed().shared();
     let db = syncer.db().clone();
     let options = Arc::new(options);
     let mut cron_tasks = Vec::new();
@@ -220,6 +234,7 @@ pub async fn run_worker(
     let context = JobContext {
         syncer,
         options: options.clone(),
+        stop: shutdown.clone(),
     };
     let mut restart_delay = Duration::from_secs(1);
     loop {
@@ -286,7 +301,11 @@ async fn run_schedule(db: PgPool, mode: SyncMode, schedule: cron::Schedule) {
         match trigger_scheduled(&db, mode, tick).await {
             Ok((run, true)) => tracing::debug!(run = run.id, tick, "scheduled sync queued"),
             Ok((run, false)) => {
-                tracing::debug!(run = run.id, tick, "scheduled sync skipped: a run is in flight or this tick was taken")
+                tracing::debug!(
+                    run = run.id,
+                    tick,
+                    "scheduled sync skipped: a run is in flight or this tick was taken"
+                )
             }
             Err(err) => tracing::warn!(%mode, error = %err, "could not queue the scheduled sync"),
         }

@@ -180,7 +180,10 @@ pub async fn mark_unseen_deleted(
 }
 
 /// Marks the given users deleted (those Auth0 confirmed are gone).
-pub async fn mark_deleted(db: impl PgExecutor<'_>, user_ids: &[String]) -> Result<u64, sqlx::Error> {
+pub async fn mark_deleted(
+    db: impl PgExecutor<'_>,
+    user_ids: &[String],
+) -> Result<u64, sqlx::Error> {
     if user_ids.is_empty() {
         return Ok(0);
     }

@@ -262,6 +262,9 @@ impl Syncer {
             }
             page_no += 1;
             if u64::from(page_no) * u64::from(per_page) >= self.options.paging_limit {
+                if page.total <= self.options.paging_limit {
+                    break;
+                }
                 // The tenant grew past what paging reaches while we paged: only an export is whole.
                 *progress = Progress::default();
                 return self.full_by_export(run_id, started_at, progress).await;
@@ -283,9 +286,12 @@ impl Syncer {
         progress: &mut Progress,
     ) -> Result<(), SyncError> {
         let limit = self.options.confirm_deletions_up_to;
-        let candidates =
-            store::deletion_candidates(&self.db, started_at, i64::try_from(limit + 1).unwrap_or(i64::MAX))
-                .await?;
+        let candidates = store::deletion_candidates(
+            &self.db,
+            started_at,
+            i64::try_from(limit + 1).unwrap_or(i64::MAX),
+        )
+        .await?;
         self.count_sql(1);
         if candidates.len() > limit {
             if listing_consistent {
@@ -526,11 +532,7 @@ impl Syncer {
         }
     }
 
-    async fn write(
-        &self,
-        users: &[Auth0User],
-        progress: &mut Progress,
-    ) -> Result<(), SyncError> {
+    async fn write(&self, users: &[Auth0User], progress: &mut Progress) -> Result<(), SyncError> {
         if users.is_empty() {
             return Ok(());
         }
@@ -601,7 +603,10 @@ fn parse_page(values: Vec<serde_json::Value>) -> Vec<Auth0User> {
         })
         .collect();
     if skipped > 0 {
-        tracing::warn!(skipped, "Auth0 returned profiles without a user_id; skipped");
+        tracing::warn!(
+            skipped,
+            "Auth0 returned profiles without a user_id; skipped"
+        );
     }
     users
 }
@@ -620,7 +625,8 @@ fn decode_export(
     batch_size: usize,
     out: &tokio::sync::mpsc::Sender<Batch>,
 ) -> io::Result<u64> {
-    let mut lines = io::BufReader::with_capacity(64 * 1024, flate2::read::MultiGzDecoder::new(reader));
+    let mut lines =
+        io::BufReader::with_capacity(64 * 1024, flate2::read::MultiGzDecoder::new(reader));
     let mut line = String::new();
     let mut read = 0u64;
     let mut batch = Vec::with_capacity(batch_size);
@@ -666,7 +672,10 @@ fn decode_export(
         }
     }
     if skipped_records > 0 {
-        tracing::warn!(skipped_records, "export lines without a usable user_id were skipped");
+        tracing::warn!(
+            skipped_records,
+            "export lines without a usable user_id were skipped"
+        );
     }
     Ok(read)
 }

@@ -120,7 +120,8 @@ impl TryFrom<Row> for SyncRun {
         };
         Ok(Self {
             id: row.id,
-            trigger: SyncTrigger::parse(&row.trigger).ok_or_else(|| bad("trigger", &row.trigger))?,
+            trigger: SyncTrigger::parse(&row.trigger)
+                .ok_or_else(|| bad("trigger", &row.trigger))?,
             mode: SyncMode::parse(&row.mode).ok_or_else(|| bad("mode", &row.mode))?,
             status: RunStatus::parse(&row.status).ok_or_else(|| bad("status", &row.status))?,
             created_at: row.created_at,

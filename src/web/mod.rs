@@ -5,3 +5,4 @@ pub mod form;
 pub mod health;
 pub mod htmx;
 pub mod layout;
+pub mod metrics;

@@ -179,16 +179,27 @@ pub fn random_suffix() -> String {
 /// A running app with its own database.
 pub struct TestApp {
     pub address: String,
-    pub port: u16,
     pub db: PgPool,
     /// Cookie store on, redirects off: tests follow the flow step by step.
     pub client: reqwest::Client,
+    /// The in-process emulator (absent when a test points the app at another issuer).
+    pub emulator: Option<quotebook::emulator::Emulator>,
     db_name: String,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 impl TestApp {
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }
@@ -199,16 +210,6 @@ impl TestApp {
             .send()
             .await
             .expect("request failed")
-    }
-
-    /// Stops the server gracefully and waits for it.
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(server) = self.server.take() {
-            let _ = server.await;
-        }
     }
 }
 
@@ -229,11 +230,11 @@ pub fn test_vars(database_url: &str, extra: &[(&str, &str)]) -> HashMap<String, 
         ("DATABASE_URL", database_url),
         ("DATABASE_MAX_CONNECTIONS", "5"),
         ("DATABASE_ACQUIRE_TIMEOUT_MS", "1500"),
-        // Nothing listens on the discard port: a provider that is down. Sign-in tests start
-        // the emulator and override this.
-        ("AUTH0_ISSUER_BASE_URL", "http://127.0.0.1:9/"),
-        ("AUTH0_CLIENT_ID", "quotebook-dev"),
-        ("AUTH0_CLIENT_SECRET", "quotebook-dev-secret"),
+        // As `cargo run`: the in-process Auth0 emulator, here on a free port with a fresh key.
+        ("APP_BASE_URL", "http://127.0.0.1:0"),
+        ("AUTH0_EMULATOR_ADDR", "127.0.0.1:0"),
+        ("AUTH0_EMULATOR_USERS", "2"),
+        ("AUTH0_EMULATOR_PERSIST_KEY", "false"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -260,6 +261,7 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
     let settings = Settings::from_vars(&vars).expect("test settings");
     let app = Application::build(settings).await.expect("app builds");
     let port = app.port();
+    let emulator = app.emulator().cloned();
     let db = PgPoolOptions::new()
         .max_connections(3)
         .connect_with(cluster.options(&db_name))
@@ -271,9 +273,9 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
     }));
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
-        port,
         db,
         client: client(),
+        emulator,
         db_name,
         shutdown: Some(tx),
         server: Some(server),
@@ -288,4 +290,167 @@ pub fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(30))
         .build()
         .expect("client")
+}
+
+/// A form found in an HTML page: where it posts (always POST here) and its hidden fields.
+#[derive(Debug, Clone)]
+pub struct HtmlForm {
+    pub action: String,
+    pub hidden: Vec<(String, String)>,
+}
+
+/// The first `<form>` in `html` that has an input named `field` (any provider's login page
+/// with an email box will do).
+pub fn find_form(html: &str, field: &str) -> Option<HtmlForm> {
+    let mut rest = html;
+    while let Some(start) = rest.find("<form") {
+        let end = rest[start..].find("</form>").map(|e| start + e)?;
+        let form = &rest[start..end];
+        if form.contains(&format!("name=\"{field}\"")) {
+            let open_tag = &form[..form.find('>')?];
+            let mut hidden = Vec::new();
+            let mut inputs = form;
+            while let Some(i) = inputs.find("<input") {
+                let tag_end = inputs[i..].find('>').map(|e| i + e)?;
+                let tag = &inputs[i..tag_end];
+                if attr(tag, "type").as_deref() == Some("hidden") {
+                    if let (Some(name), value) = (attr(tag, "name"), attr(tag, "value")) {
+                        hidden.push((name, value.unwrap_or_default()));
+                    }
+                }
+                inputs = &inputs[tag_end..];
+            }
+            return Some(HtmlForm {
+                action: attr(open_tag, "action").unwrap_or_default(),
+                hidden,
+            });
+        }
+        rest = &rest[end..];
+    }
+    None
+}
+
+/// The value of attribute `name` in a tag, entity-decoded.
+pub fn attr(tag: &str, name: &str) -> Option<String> {
+    let needle = format!(" {name}=\"");
+    let start = tag.find(&needle)? + needle.len();
+    let end = tag[start..].find('"')? + start;
+    Some(
+        tag[start..end]
+            .replace("&quot;", "\"")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&#39;", "'")
+            .replace("&amp;", "&"),
+    )
+}
+
+/// The CSRF token a signed-in page carries in `<meta name="csrf-token">`.
+pub fn csrf_token(html: &str) -> Option<String> {
+    let start = html.find("<meta name=\"csrf-token\"")?;
+    let end = html[start..].find('>')? + start;
+    attr(&html[start..end], "content")
+}
+
+pub fn location(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Steps of a login through the provider's pages, for tests that stop half-way.
+pub struct LoginSteps {
+    /// The app's callback URL (with `code` and `state`) the provider redirected back to.
+    pub callback_url: String,
+}
+
+impl TestApp {
+    /// Walks the real flow with `client`: app → provider login page → form post → back to the
+    /// app's callback URL, which is returned un-followed.
+    pub async fn start_login(
+        &self,
+        client: &reqwest::Client,
+        email: &str,
+        next: &str,
+    ) -> LoginSteps {
+        let next = url::form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>();
+        let start = client
+            .get(self.url(&format!("/auth/login?next={next}")))
+            .send()
+            .await
+            .expect("login request");
+        assert_eq!(
+            start.status(),
+            reqwest::StatusCode::SEE_OTHER,
+            "login must redirect to the provider"
+        );
+        let authorize_url = url::Url::parse(&location(&start)).expect("authorize URL");
+        let page = client
+            .get(authorize_url.clone())
+            .send()
+            .await
+            .expect("authorize page");
+        assert_eq!(
+            page.status(),
+            reqwest::StatusCode::OK,
+            "provider login page"
+        );
+        let html = page.text().await.expect("login page body");
+        let form = find_form(&html, "email").expect("the login page has an email form");
+        let action = authorize_url.join(&form.action).expect("form action");
+        let mut fields = form.hidden.clone();
+        fields.push(("email".into(), email.into()));
+        let back = client
+            .post(action)
+            .form(&fields)
+            .send()
+            .await
+            .expect("login form post");
+        assert!(
+            back.status().is_redirection(),
+            "provider redirects back: {}",
+            back.status()
+        );
+        LoginSteps {
+            callback_url: location(&back),
+        }
+    }
+
+    /// The whole login; returns the app's answer to the callback (a 303 to `next` on success).
+    pub async fn login_with(&self, client: &reqwest::Client, email: &str) -> reqwest::Response {
+        let steps = self.start_login(client, email, "/").await;
+        client
+            .get(&steps.callback_url)
+            .send()
+            .await
+            .expect("callback request")
+    }
+
+    /// A fresh client signed in as `email`.
+    pub async fn signed_in_client(&self, email: &str) -> reqwest::Client {
+        let client = client();
+        let response = self.login_with(&client, email).await;
+        assert_eq!(
+            response.status(),
+            reqwest::StatusCode::SEE_OTHER,
+            "login succeeds"
+        );
+        client
+    }
+
+    /// The CSRF token of the signed-in home page.
+    pub async fn csrf_for(&self, client: &reqwest::Client) -> String {
+        let html = client
+            .get(self.url("/"))
+            .send()
+            .await
+            .expect("home")
+            .text()
+            .await
+            .expect("home body");
+        csrf_token(&html).expect("signed-in pages carry a CSRF token")
+    }
 }

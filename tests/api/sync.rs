@@ -46,6 +46,16 @@ async fn fixture(seed: usize) -> Fixture {
     fixture_with(seed, fast_api_options(), SyncOptions::default()).await
 }
 
+/// The incremental search normally re-reads a minute before the watermark (search is eventually
+/// consistent); without that overlap, `fetched` counts exactly the changes.
+async fn no_overlap_fixture(seed: usize) -> Fixture {
+    let options = SyncOptions {
+        search_overlap: Duration::ZERO,
+        ..SyncOptions::default()
+    };
+    fixture_with(seed, fast_api_options(), options).await
+}
+
 async fn fixture_with(seed: usize, api: ApiOptions, options: SyncOptions) -> Fixture {
     quotebook::telemetry::init(false);
     let emulator = Emulator::start(EmulatorConfig::for_tests())
@@ -148,7 +158,11 @@ async fn full_sync_of_an_empty_tenant() {
 #[tokio::test]
 async fn full_sync_of_one_user() {
     let (f, _) = full_sync_of(1).await;
-    let admin = f.emulator.users().find_by_email("admin@example.com").unwrap();
+    let admin = f
+        .emulator
+        .users()
+        .find_by_email("admin@example.com")
+        .unwrap();
     let row = store::get(&f.db, &admin.user_id)
         .await
         .unwrap()
@@ -243,7 +257,7 @@ async fn incremental_without_a_watermark_runs_a_full_sync() {
 
 #[tokio::test]
 async fn equal_timestamps_across_page_boundaries_are_neither_lost_nor_doubled() {
-    let f = fixture(10).await;
+    let f = no_overlap_fixture(10).await;
     f.sync(SyncMode::Full).await;
     // 250 users share one updated_at, so pages of 100 split them twice.
     let stamp = Utc::now() + chrono::Duration::seconds(5);
@@ -264,7 +278,11 @@ async fn equal_timestamps_across_page_boundaries_are_neither_lost_nor_doubled() 
     assert_eq!(same, 250);
     assert_eq!(run.fetched, 250, "each user counted once");
     assert_eq!(
-        f.syncer.watermark().await.unwrap().map(|t| t.timestamp_millis()),
+        f.syncer
+            .watermark()
+            .await
+            .unwrap()
+            .map(|t| t.timestamp_millis()),
         Some(stamp.timestamp_millis())
     );
     f.assert_mirrors_tenant().await;
@@ -272,7 +290,7 @@ async fn equal_timestamps_across_page_boundaries_are_neither_lost_nor_doubled() 
 
 #[tokio::test]
 async fn an_incremental_walks_past_the_1000_result_cap() {
-    let f = fixture(1).await;
+    let f = no_overlap_fixture(1).await;
     f.sync(SyncMode::Full).await;
     let base = Utc::now() + chrono::Duration::seconds(5);
     for i in 0..1250 {
@@ -313,10 +331,12 @@ async fn deletions_are_marked_and_quotes_kept() {
         "the quote stays until the purge"
     );
     // Deleted long enough ago: the purge takes the quote, the row stays as a record.
-    sqlx::query("UPDATE users SET deleted_at = now() - interval '31 days' WHERE deleted_at IS NOT NULL")
-        .execute(&f.db)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE users SET deleted_at = now() - interval '31 days' WHERE deleted_at IS NOT NULL",
+    )
+    .execute(&f.db)
+    .await
+    .unwrap();
     f.sync(SyncMode::Full).await;
     assert_eq!(f.count("SELECT count(*) FROM user_messages").await, 0);
     assert_eq!(f.count("SELECT count(*) FROM users").await, 40);
@@ -498,7 +518,10 @@ async fn a_worker_killed_mid_run_is_rerun_to_the_right_state() {
         if now.status == RunStatus::Running && now.pages >= 2 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the run never got going");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run never got going"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     first.abort();
@@ -521,6 +544,56 @@ async fn a_worker_killed_mid_run_is_rerun_to_the_right_state() {
     assert_eq!(f.count("SELECT count(*) FROM sync_runs").await, 2);
     let _ = stop.send(());
     second.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_worker_shut_down_mid_run_hands_the_run_to_the_next_worker() {
+    let f = fixture(300).await;
+    f.emulator.faults().set_latency(Duration::from_millis(200));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let first = spawn_worker(&f, async move {
+        let _ = stopped.await;
+    });
+    let (run, _) = job::trigger(&f.db, SyncMode::Full, SyncTrigger::Admin)
+        .await
+        .unwrap();
+    wait_until_running(&f, run.id).await;
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(5), first)
+        .await
+        .expect("the worker stops promptly, not after the sync")
+        .unwrap()
+        .unwrap();
+    let paused = sync_runs::get(&f.db, run.id).await.unwrap().unwrap();
+    assert_eq!(paused.status, RunStatus::Queued);
+    assert!(paused.error.unwrap_or_default().contains("shutdown"));
+
+    f.emulator.faults().set_latency(Duration::ZERO);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let second = spawn_worker(&f, async move {
+        let _ = stopped.await;
+    });
+    let done = wait_for_finish(&f, run.id, Duration::from_secs(20)).await;
+    assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.error);
+    assert_eq!(done.fetched, 300);
+    assert!(done.error.is_none());
+    let _ = stop.send(());
+    second.await.unwrap().unwrap();
+}
+
+async fn wait_until_running(f: &Fixture, id: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let run = sync_runs::get(&f.db, id).await.unwrap().unwrap();
+        if run.status == RunStatus::Running && run.pages >= 1 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run never got going"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn spawn_worker(
@@ -567,7 +640,11 @@ async fn warm_up_token(f: &Fixture) {
         per_page: 1,
         ..Default::default()
     };
-    f.syncer.api().list_users(&query).await.expect("warm-up call");
+    f.syncer
+        .api()
+        .list_users(&query)
+        .await
+        .expect("warm-up call");
 }
 
 async fn all_ids(f: &Fixture) -> Vec<String> {

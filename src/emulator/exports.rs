@@ -1,0 +1,426 @@
+//! User export jobs: `POST /api/v2/jobs/users-exports`, `GET /api/v2/jobs/{id}` and the gzipped
+//! file at the job's `location`.
+//! https://auth0.com/docs/manage-users/user-migration/bulk-user-exports
+//!
+//! The file is built in a blocking task straight into a gzip encoder, a thousand users at a
+//! time, so memory holds the compressed file and one chunk of profiles, never the whole tenant
+//! twice. Each completed poll hands out a fresh `location` valid for 60 s, as Auth0's signed
+//! URLs are.
+
+use std::{
+    collections::HashMap,
+    io::Write,
+    sync::{
+        Arc, Mutex, OnceLock, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use flate2::{Compression, write::GzEncoder};
+use poem::{
+    Body, Request, Response, handler,
+    http::StatusCode,
+    web::{Data, Path},
+};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+use super::{
+    Shared, form_map,
+    management::{api_error, bad_request, injected_fault, json_object},
+    random_token,
+    users::{CONNECTION, CONNECTION_ID, UserStore, timestamp},
+};
+
+const CHUNK: usize = 1000;
+const LOCATION_TTL_SECS: i64 = 60;
+/// Finished files are kept in memory; older jobs are forgotten beyond this many.
+const KEEP_JOBS: usize = 20;
+/// Auth0 limits CSV exports to 30 fields.
+const MAX_CSV_FIELDS: usize = 30;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Csv,
+}
+
+impl Format {
+    fn name(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Csv => "csv",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Field {
+    name: String,
+    export_as: Option<String>,
+}
+
+impl Field {
+    fn column(&self) -> &str {
+        self.export_as.as_deref().unwrap_or(&self.name)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Pending,
+    Processing,
+    Completed,
+    Failed,
+}
+
+struct Job {
+    id: String,
+    format: Format,
+    fields: Vec<Field>,
+    limit: usize,
+    connection_id: Option<String>,
+    created_at: DateTime<Utc>,
+    status: Mutex<Status>,
+    written: AtomicUsize,
+    file: OnceLock<Result<Bytes, String>>,
+}
+
+/// The jobs of this emulator.
+pub struct Exports {
+    jobs: Mutex<HashMap<String, Arc<Job>>>,
+    /// Signs download URLs.
+    secret: String,
+}
+
+impl Default for Exports {
+    fn default() -> Self {
+        Self {
+            jobs: Mutex::new(HashMap::new()),
+            secret: random_token(32),
+        }
+    }
+}
+
+impl Exports {
+    fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Job>>> {
+        self.jobs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn signature(&self, file: &str, expires: i64) -> String {
+        let digest = Sha256::digest(format!("{}|{file}|{expires}", self.secret));
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+fn job_json(job: &Job, shared: &Shared) -> Value {
+    let status = *job.status.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut body = json!({
+        "type": "users_export",
+        "status": match status {
+            Status::Pending => "pending",
+            Status::Processing => "processing",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+        },
+        "id": job.id,
+        "format": job.format.name(),
+        "limit": job.limit,
+        "fields": job.fields.iter().map(|f| match &f.export_as {
+            Some(export_as) => json!({"name": f.name, "export_as": export_as}),
+            None => json!({"name": f.name}),
+        }).collect::<Vec<_>>(),
+        "created_at": timestamp(job.created_at),
+    });
+    let Some(object) = body.as_object_mut() else {
+        return body;
+    };
+    if let Some(connection_id) = &job.connection_id {
+        object.insert("connection_id".into(), json!(connection_id));
+        object.insert("connection".into(), json!(CONNECTION));
+    }
+    if status != Status::Pending {
+        let written = job.written.load(Ordering::Relaxed);
+        let percentage = (written * 100)
+            .checked_div(job.limit)
+            .unwrap_or(100)
+            .min(100);
+        object.insert("percentage_done".into(), json!(percentage));
+        let left = if status == Status::Processing { 1 } else { 0 };
+        object.insert("time_left_seconds".into(), json!(left));
+    }
+    if status == Status::Completed {
+        let file = format!("{}.{}.gz", job.id, job.format.name());
+        let expires = Utc::now().timestamp() + LOCATION_TTL_SECS;
+        let signature = shared.exports.signature(&file, expires);
+        let location = format!(
+            "{}exports/{file}?expires={expires}&sig={signature}",
+            shared.issuer
+        );
+        object.insert("location".into(), json!(location));
+    }
+    if status == Status::Failed
+        && let Some(Err(message)) = job.file.get()
+    {
+        object.insert("summary".into(), json!({ "failed": 1, "error": message }));
+    }
+    body
+}
+
+/// `POST /api/v2/jobs/users-exports`.
+#[handler]
+pub async fn create_job(shared: Data<&Arc<Shared>>, body: Body) -> Response {
+    let object = match json_object(body).await {
+        Ok(object) => object,
+        Err(response) => return response,
+    };
+    let job = match parse_job(&object, &shared.users) {
+        Ok(job) => Arc::new(job),
+        Err(message) => return bad_request(&message, "invalid_body"),
+    };
+    {
+        let mut jobs = shared.exports.jobs();
+        if jobs.len() >= KEEP_JOBS
+            && let Some(oldest) = jobs
+                .values()
+                .min_by_key(|j| j.created_at)
+                .map(|j| j.id.clone())
+        {
+            jobs.remove(&oldest);
+        }
+        jobs.insert(job.id.clone(), job.clone());
+    }
+    let users = shared.users.clone();
+    let worker = job.clone();
+    tokio::task::spawn_blocking(move || {
+        let result =
+            build_file(&worker, &users).map_err(|e| format!("writing the export failed: {e}"));
+        let _ = worker.file.set(result);
+    });
+    super::json_response(StatusCode::CREATED, &job_json(&job, &shared))
+}
+
+fn parse_job(object: &Map<String, Value>, users: &UserStore) -> Result<Job, String> {
+    if let Some(unknown) = object
+        .keys()
+        .find(|k| !["connection_id", "format", "limit", "fields"].contains(&k.as_str()))
+    {
+        return Err(format!(
+            "Payload validation error: 'Additional properties not allowed: {unknown}'."
+        ));
+    }
+    // Auth0's default export format is CSV.
+    let format = match object.get("format") {
+        None => Format::Csv,
+        Some(Value::String(f)) if f == "json" => Format::Json,
+        Some(Value::String(f)) if f == "csv" => Format::Csv,
+        Some(other) => {
+            return Err(format!(
+                "Payload validation error: format must be \"json\" or \"csv\", got {other}"
+            ));
+        }
+    };
+    let connection_id = match object.get("connection_id") {
+        None => None,
+        Some(Value::String(id)) if id == CONNECTION_ID => Some(id.clone()),
+        Some(other) => return Err(format!("The connection does not exist: {other}")),
+    };
+    let total = users.count();
+    let limit = match object.get("limit") {
+        None => total,
+        Some(value) => match value.as_u64().and_then(|n| usize::try_from(n).ok()) {
+            Some(n) if n > 0 => n.min(total),
+            _ => {
+                return Err(
+                    "Payload validation error: limit must be a positive whole number".into(),
+                );
+            }
+        },
+    };
+    let fields = match object.get("fields") {
+        // Without `fields`, a useful default rather than an empty file.
+        None => ["user_id", "email", "name", "created_at", "updated_at"]
+            .iter()
+            .map(|name| Field {
+                name: (*name).to_owned(),
+                export_as: None,
+            })
+            .collect(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| {
+                let name = item
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .filter(|n| !n.is_empty());
+                let export_as = match item.get("export_as") {
+                    None => Ok(None),
+                    Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+                    Some(_) => Err("export_as must be a non-empty string".to_owned()),
+                };
+                match (name, export_as) {
+                    (Some(name), Ok(export_as)) => Ok(Field {
+                        name: name.to_owned(),
+                        export_as,
+                    }),
+                    (None, _) => {
+                        Err("Payload validation error: every field needs a \"name\"".to_owned())
+                    }
+                    (_, Err(e)) => Err(format!("Payload validation error: {e}")),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(_) => {
+            return Err(
+                "Payload validation error: fields must be an array of {name, export_as?}".into(),
+            );
+        }
+    };
+    if fields.is_empty() {
+        return Err("Payload validation error: fields must not be empty".into());
+    }
+    if format == Format::Csv && fields.len() > MAX_CSV_FIELDS {
+        return Err(format!(
+            "A CSV export can have at most {MAX_CSV_FIELDS} fields"
+        ));
+    }
+    Ok(Job {
+        id: format!("job_{}", random_token(12).replace(['-', '_'], "x")),
+        format,
+        fields,
+        limit,
+        connection_id,
+        created_at: Utc::now(),
+        status: Mutex::new(Status::Pending),
+        written: AtomicUsize::new(0),
+        file: OnceLock::new(),
+    })
+}
+
+/// A dotted field name (`app_metadata.roles`) looked up in the user's JSON.
+fn lookup<'a>(user: &'a Value, name: &str) -> Option<&'a Value> {
+    name.split('.')
+        .try_fold(user, |value, key| value.get(key))
+        .filter(|v| !v.is_null())
+}
+
+fn csv_cell(value: Option<&Value>) -> String {
+    let text = match value {
+        None => return String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    };
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text
+    }
+}
+
+fn build_file(job: &Job, users: &UserStore) -> std::io::Result<Bytes> {
+    let mut ids = users.snapshot_ids();
+    ids.truncate(job.limit);
+    let mut out = GzEncoder::new(Vec::new(), Compression::fast());
+    if job.format == Format::Csv {
+        let header: Vec<String> = job
+            .fields
+            .iter()
+            .map(|f| csv_cell(Some(&Value::String(f.column().to_owned()))))
+            .collect();
+        writeln!(out, "{}", header.join(","))?;
+    }
+    for chunk in ids.chunks(CHUNK) {
+        for user in users.get_many(chunk) {
+            let user = user.to_json();
+            match job.format {
+                Format::Json => {
+                    let mut line = Map::new();
+                    for field in &job.fields {
+                        if let Some(value) = lookup(&user, &field.name) {
+                            line.insert(field.column().to_owned(), value.clone());
+                        }
+                    }
+                    serde_json::to_writer(&mut out, &line)?;
+                    out.write_all(b"\n")?;
+                }
+                Format::Csv => {
+                    let row: Vec<String> = job
+                        .fields
+                        .iter()
+                        .map(|f| csv_cell(lookup(&user, &f.name)))
+                        .collect();
+                    writeln!(out, "{}", row.join(","))?;
+                }
+            }
+        }
+        job.written.fetch_add(chunk.len(), Ordering::Relaxed);
+    }
+    Ok(Bytes::from(out.finish()?))
+}
+
+/// `GET /api/v2/jobs/{id}`: each poll moves the job on (pending → processing → completed once
+/// the file is ready), so clients exercise their polling loop.
+#[handler]
+pub async fn job_status(Path(id): Path<String>, shared: Data<&Arc<Shared>>) -> Response {
+    let job = shared.exports.jobs().get(&id).cloned();
+    let Some(job) = job else {
+        return api_error(
+            StatusCode::NOT_FOUND,
+            "The job does not exist.",
+            "inexistent_job",
+        );
+    };
+    {
+        let mut status = job.status.lock().unwrap_or_else(PoisonError::into_inner);
+        *status = match (*status, job.file.get()) {
+            (Status::Pending, _) => Status::Processing,
+            (Status::Processing, Some(Ok(_))) => Status::Completed,
+            (Status::Processing, Some(Err(_))) => Status::Failed,
+            (current, _) => current,
+        };
+    }
+    super::json_response(StatusCode::OK, &job_json(&job, &shared))
+}
+
+/// `GET /exports/{job}.{format}.gz?expires&sig`: the file, while the signed URL is valid.
+#[handler]
+pub async fn download(
+    req: &Request,
+    Path(file): Path<String>,
+    shared: Data<&Arc<Shared>>,
+) -> Response {
+    if let Some(response) = injected_fault(&shared).await {
+        return response;
+    }
+    let params = form_map(req.uri().query().unwrap_or(""));
+    let expires = params.get("expires").and_then(|e| e.parse::<i64>().ok());
+    let valid = match (expires, params.get("sig")) {
+        (Some(expires), Some(sig)) => {
+            expires >= Utc::now().timestamp() && *sig == shared.exports.signature(&file, expires)
+        }
+        _ => false,
+    };
+    if !valid {
+        return Response::builder()
+            .status(StatusCode::FORBIDDEN)
+            .content_type("text/plain")
+            .body("Request has expired or the signature does not match; fetch the job again for a fresh location.");
+    }
+    let id = file.split('.').next().unwrap_or_default();
+    let job = shared.exports.jobs().get(id).cloned();
+    match job.as_ref().and_then(|job| job.file.get()) {
+        Some(Ok(bytes)) => Response::builder()
+            .content_type("application/gzip")
+            .header(
+                "content-disposition",
+                format!("attachment; filename=\"{file}\""),
+            )
+            .body(bytes.clone()),
+        _ => Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .content_type("text/plain")
+            .body("No such export file."),
+    }
+}

@@ -1,0 +1,112 @@
+//! Switches tests flip to make the emulator misbehave the way a real provider can: errors,
+//! hangs, slowness, rate limits and broken ID tokens.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use super::rate_limit::RateLimiter;
+
+/// A way to break the next ID tokens minted (stays on until cleared with `None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdTokenFault {
+    /// `nonce` differs from the one sent to `/authorize`.
+    WrongNonce,
+    /// `iss` is another issuer.
+    WrongIssuer,
+    /// `aud` is another client.
+    WrongAudience,
+    /// `exp` (and `iat`) lie in the past.
+    Expired,
+    /// The signature does not verify against the JWKS.
+    BadSignature,
+}
+
+/// What the next Management API request (or export download) should suffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Injected {
+    Fail(u16),
+    Hang(Duration),
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Injected>,
+    latency: Duration,
+    id_token: Option<IdTokenFault>,
+}
+
+/// Fault switches; shared by the emulator's handlers.
+#[derive(Default)]
+pub struct Faults {
+    state: Mutex<State>,
+    management_requests: AtomicU64,
+    pub(crate) rate_limit: RateLimiter,
+}
+
+impl Faults {
+    pub(crate) fn new(rate_limit: Option<u32>) -> Self {
+        Self {
+            rate_limit: RateLimiter::new(rate_limit),
+            ..Self::default()
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The next `n` Management API requests (or export downloads) answer `status` with an
+    /// Auth0-shaped error body (429 also carries exhausted rate-limit headers).
+    pub fn fail_next(&self, n: usize, status: u16) {
+        self.state()
+            .queue
+            .extend(std::iter::repeat_n(Injected::Fail(status), n));
+    }
+
+    /// The next `n` requests wait `for_` before being handled (clients should time out).
+    pub fn hang_next(&self, n: usize, for_: Duration) {
+        self.state()
+            .queue
+            .extend(std::iter::repeat_n(Injected::Hang(for_), n));
+    }
+
+    /// Every Management API request and export download waits this long first.
+    pub fn set_latency(&self, latency: Duration) {
+        self.state().latency = latency;
+    }
+
+    /// Requests per second the Management API accepts; `None` = unlimited.
+    pub fn set_rate_limit(&self, per_second: Option<u32>) {
+        self.rate_limit.set_limit(per_second);
+    }
+
+    pub fn set_id_token_fault(&self, fault: Option<IdTokenFault>) {
+        self.state().id_token = fault;
+    }
+
+    /// Management API requests received so far (benchmarks divide work by this).
+    pub fn management_requests(&self) -> u64 {
+        self.management_requests.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_management_request(&self) {
+        self.management_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes the next queued fault and the configured latency.
+    pub(crate) fn next(&self) -> (Option<Injected>, Duration) {
+        let mut state = self.state();
+        let injected = state.queue.pop_front();
+        (injected, state.latency)
+    }
+
+    pub(crate) fn id_token_fault(&self) -> Option<IdTokenFault> {
+        self.state().id_token
+    }
+}

@@ -1,0 +1,157 @@
+//! The emulator's RS256 signing key: generated once per start (or loaded from `key_file` so
+//! ID tokens and sessions survive a restart in development), published as a JWKS, and used to
+//! sign and check JWTs.
+
+use std::path::Path;
+
+use anyhow::Context;
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use rsa::{
+    RsaPrivateKey, RsaPublicKey,
+    pkcs1v15::{Signature, SigningKey, VerifyingKey},
+    pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding},
+    signature::{SignatureEncoding, Signer, Verifier},
+    traits::PublicKeyParts,
+};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+pub struct Keys {
+    signing: SigningKey<Sha256>,
+    verifying: VerifyingKey<Sha256>,
+    public: RsaPublicKey,
+    kid: String,
+}
+
+impl Keys {
+    /// Loads the PEM at `key_file`, or generates RSA-2048 (and saves it there when a path is
+    /// given). Generation takes a moment, so callers run this off the async runtime.
+    pub fn load_or_generate(key_file: Option<&Path>) -> anyhow::Result<Self> {
+        let private = match key_file {
+            Some(path) if path.exists() => {
+                let pem = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading emulator key {}", path.display()))?;
+                RsaPrivateKey::from_pkcs8_pem(&pem).with_context(|| {
+                    format!(
+                        "{} is not a PKCS#8 RSA private key; delete it to get a fresh one",
+                        path.display()
+                    )
+                })?
+            }
+            Some(path) => {
+                let key = generate()?;
+                save(&key, path)?;
+                key
+            }
+            None => generate()?,
+        };
+        Ok(Self::from_private(private))
+    }
+
+    fn from_private(private: RsaPrivateKey) -> Self {
+        let public = private.to_public_key();
+        // A stable kid derived from the key, so a persisted key keeps its kid across restarts.
+        let digest = Sha256::digest(public.n().to_bytes_be());
+        let kid = URL_SAFE_NO_PAD.encode(&digest[..16]);
+        Self {
+            signing: SigningKey::new(private),
+            verifying: VerifyingKey::new(public.clone()),
+            public,
+            kid,
+        }
+    }
+
+    /// The JSON Web Key Set served at `/.well-known/jwks.json` (RFC 7517).
+    pub fn jwks(&self) -> Value {
+        json!({
+            "keys": [{
+                "kty": "RSA",
+                "use": "sig",
+                "alg": "RS256",
+                "kid": self.kid,
+                "n": URL_SAFE_NO_PAD.encode(self.public.n().to_bytes_be()),
+                "e": URL_SAFE_NO_PAD.encode(self.public.e().to_bytes_be()),
+            }]
+        })
+    }
+
+    /// Signs `claims` as a compact RS256 JWS. `corrupt` flips a signature bit (the
+    /// `BadSignature` fault) so clients must reject the token.
+    pub fn sign(&self, claims: &Value, corrupt: bool) -> String {
+        let header = json!({ "alg": "RS256", "typ": "JWT", "kid": self.kid });
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let mut signature = self.signing.sign(signing_input.as_bytes()).to_vec();
+        if corrupt && let Some(byte) = signature.last_mut() {
+            *byte ^= 0x01;
+        }
+        format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature))
+    }
+
+    /// The claims of a JWT this emulator signed (expiry is not checked: callers decide, e.g.
+    /// an `id_token_hint` may be expired). `None` for anything malformed or not ours.
+    pub fn verify(&self, token: &str) -> Option<Value> {
+        let mut parts = token.split('.');
+        let (header, payload, signature) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        let signature = URL_SAFE_NO_PAD.decode(signature).ok()?;
+        let signature = Signature::try_from(signature.as_slice()).ok()?;
+        self.verifying
+            .verify(format!("{header}.{payload}").as_bytes(), &signature)
+            .ok()?;
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()
+    }
+}
+
+fn generate() -> anyhow::Result<RsaPrivateKey> {
+    RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).context("generating the emulator's RSA key")
+}
+
+fn save(key: &RsaPrivateKey, path: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let pem = key
+        .to_pkcs8_pem(LineEnding::LF)
+        .context("encoding the emulator key")?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // A private key: readable by its owner only.
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("writing emulator key {}", path.display()))?;
+    file.write_all(pem.as_bytes())
+        .with_context(|| format!("writing emulator key {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_persisted_key_is_reused_and_tokens_verify() {
+        let path = std::env::temp_dir().join(format!("qb-emulator-key-{}.pem", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let first = Keys::load_or_generate(Some(&path)).unwrap();
+        let second = Keys::load_or_generate(Some(&path)).unwrap();
+        assert_eq!(first.jwks(), second.jwks());
+        let token = first.sign(&json!({"sub": "auth0|1"}), false);
+        assert_eq!(second.verify(&token).unwrap()["sub"], "auth0|1");
+        let bad = first.sign(&json!({"sub": "auth0|1"}), true);
+        assert!(second.verify(&bad).is_none());
+        assert!(second.verify("garbage").is_none());
+        let _ = std::fs::remove_file(&path);
+    }
+}

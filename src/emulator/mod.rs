@@ -1,0 +1,369 @@
+//! The Auth0 emulator: a local OpenID provider and the Management API subset the sync uses,
+//! shaped as Auth0 documents them. It makes `cargo run` work with no Auth0 account and is the
+//! peer every login and sync test talks to. Never active in production (the `emulator` feature
+//! is left out of release images and config refuses it with `APP_ENV=production`).
+
+mod exports;
+mod keys;
+mod login_page;
+mod management;
+mod oidc;
+mod rate_limit;
+mod search;
+
+pub mod faults;
+pub mod users;
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    sync::{Arc, Mutex, PoisonError, RwLock},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use poem::{
+    EndpointExt, Response, Route, Server, get,
+    http::StatusCode,
+    listener::{Acceptor, Listener, TcpListener},
+    post,
+};
+use serde_json::json;
+use tokio::sync::watch;
+use url::Url;
+
+pub use faults::{Faults, IdTokenFault};
+pub use users::{NewUser, StoreError, User, UserPatch, UserStore};
+
+use crate::config::{DEFAULT_ROLES_CLAIM, DEV_CLIENT_ID, DEV_CLIENT_SECRET};
+
+/// How to run an emulator.
+#[derive(Debug, Clone)]
+pub struct EmulatorConfig {
+    /// Port 0 picks a free port (tests).
+    pub bind: SocketAddr,
+    pub client_id: String,
+    pub client_secret: String,
+    /// Allowed `redirect_uri` values (exact match).
+    pub callback_urls: Vec<String>,
+    /// Allowed `returnTo` / `post_logout_redirect_uri` values (exact match).
+    pub logout_urls: Vec<String>,
+    /// Demo users to seed (the first is an admin).
+    pub seed_users: usize,
+    /// A JSON array of Auth0-shaped users to add.
+    pub users_file: Option<PathBuf>,
+    /// Management API requests per second; `None` = unlimited.
+    pub rate_limit: Option<u32>,
+    /// Keep the RSA signing key (PEM) here across restarts; `None` = a fresh key each start.
+    pub key_file: Option<PathBuf>,
+    /// Namespaced ID-token claim carrying the user's roles.
+    pub roles_claim: String,
+}
+
+impl EmulatorConfig {
+    /// 127.0.0.1 on a free port, the dev client, no users, a fresh key, no rate limit.
+    pub fn for_tests() -> Self {
+        Self {
+            bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            client_id: DEV_CLIENT_ID.to_owned(),
+            client_secret: DEV_CLIENT_SECRET.to_owned(),
+            callback_urls: Vec::new(),
+            logout_urls: Vec::new(),
+            seed_users: 0,
+            users_file: None,
+            rate_limit: None,
+            key_file: None,
+            roles_claim: DEFAULT_ROLES_CLAIM.to_owned(),
+        }
+    }
+}
+
+/// The one application registered with the emulated tenant.
+pub(crate) struct Client {
+    pub id: String,
+    pub secret: String,
+    pub callback_urls: Vec<String>,
+    pub logout_urls: Vec<String>,
+}
+
+/// An `/authorize` request waiting for the person to pick a user on the login page.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingLogin {
+    pub redirect_uri: String,
+    pub state: Option<String>,
+    pub nonce: Option<String>,
+    pub scope: String,
+    pub code_challenge: String,
+    pub login_hint: Option<String>,
+    pub created: Instant,
+}
+
+/// An issued authorization code (single use, 60 s).
+#[derive(Debug, Clone)]
+pub(crate) struct CodeGrant {
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub code_challenge: String,
+    pub nonce: Option<String>,
+    pub scope: String,
+    pub user_id: String,
+    pub created: Instant,
+}
+
+/// What an access token stands for.
+#[derive(Debug, Clone)]
+pub(crate) enum AccessGrant {
+    /// From the code flow: good for `/userinfo`.
+    User { user_id: String, expires: Instant },
+    /// From client credentials: good for the Management API with these scopes.
+    Management {
+        scopes: Vec<String>,
+        expires: Instant,
+    },
+}
+
+#[derive(Default)]
+pub(crate) struct Grants {
+    pub pending: HashMap<String, PendingLogin>,
+    pub codes: HashMap<String, CodeGrant>,
+    pub tokens: HashMap<String, AccessGrant>,
+}
+
+impl Grants {
+    /// Forgets what has expired, so a long-running dev emulator does not grow without bound.
+    fn prune(&mut self) {
+        let now = Instant::now();
+        self.pending
+            .retain(|_, p| now.duration_since(p.created) < oidc::LOGIN_TTL);
+        self.codes
+            .retain(|_, c| now.duration_since(c.created) < oidc::CODE_TTL);
+        self.tokens.retain(|_, t| match t {
+            AccessGrant::User { expires, .. } | AccessGrant::Management { expires, .. } => {
+                *expires > now
+            }
+        });
+    }
+}
+
+/// State every handler shares.
+pub(crate) struct Shared {
+    pub issuer: Url,
+    pub client: RwLock<Client>,
+    pub keys: keys::Keys,
+    pub users: UserStore,
+    pub faults: Faults,
+    pub grants: Mutex<Grants>,
+    pub exports: exports::Exports,
+    pub roles_claim: String,
+}
+
+impl Shared {
+    pub fn client(&self) -> std::sync::RwLockReadGuard<'_, Client> {
+        self.client.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn grants(&self) -> std::sync::MutexGuard<'_, Grants> {
+        let mut grants = self.grants.lock().unwrap_or_else(PoisonError::into_inner);
+        if grants.pending.len() + grants.codes.len() + grants.tokens.len() > 10_000 {
+            grants.prune();
+        }
+        grants
+    }
+
+    /// `{issuer}api/v2/`: the Management API's audience.
+    pub fn management_audience(&self) -> String {
+        format!("{}api/v2/", self.issuer)
+    }
+}
+
+struct Running {
+    shared: Arc<Shared>,
+    port: u16,
+    stop: watch::Sender<bool>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // The last handle gone: stop serving rather than leak a server into other tests.
+        let _ = self.stop.send(true);
+    }
+}
+
+/// A running emulator. Cheap to clone; it stops when `shutdown` is called or the last clone
+/// is dropped.
+#[derive(Clone)]
+pub struct Emulator {
+    running: Arc<Running>,
+}
+
+impl Emulator {
+    /// Binds `config.bind`, seeds users, and serves in a background task.
+    pub async fn start(config: EmulatorConfig) -> anyhow::Result<Emulator> {
+        let key_file = config.key_file.clone();
+        let keys =
+            tokio::task::spawn_blocking(move || keys::Keys::load_or_generate(key_file.as_deref()))
+                .await
+                .context("generating the emulator key")??;
+
+        let users = UserStore::new();
+        if let Some(path) = &config.users_file {
+            let path = path.clone();
+            let store = users.clone();
+            tokio::task::spawn_blocking(move || store.load_file(&path))
+                .await
+                .context("loading the users file")??;
+        }
+        if config.seed_users > 0 {
+            let store = users.clone();
+            let n = config.seed_users;
+            tokio::task::spawn_blocking(move || store.seed(n))
+                .await
+                .context("seeding users")?;
+        }
+
+        let acceptor = TcpListener::bind(config.bind)
+            .into_acceptor()
+            .await
+            .with_context(|| format!("the Auth0 emulator cannot listen on {}", config.bind))?;
+        let port = acceptor
+            .local_addr()
+            .first()
+            .and_then(|addr| addr.as_socket_addr().map(|a| a.port()))
+            .unwrap_or(config.bind.port());
+        // A wildcard bind is reachable on loopback; the issuer must be a URL browsers can open.
+        let host = match config.bind.ip() {
+            ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
+            IpAddr::V6(ip) => format!("[{ip}]"),
+            IpAddr::V4(ip) => ip.to_string(),
+        };
+        let issuer = Url::parse(&format!("http://{host}:{port}/"))
+            .context("building the emulator issuer URL")?;
+
+        let shared = Arc::new(Shared {
+            issuer,
+            client: RwLock::new(Client {
+                id: config.client_id,
+                secret: config.client_secret,
+                callback_urls: config.callback_urls,
+                logout_urls: config.logout_urls,
+            }),
+            keys,
+            users,
+            faults: Faults::new(config.rate_limit),
+            grants: Mutex::new(Grants::default()),
+            exports: exports::Exports::default(),
+            roles_claim: config.roles_claim,
+        });
+
+        let (stop, mut stopped) = watch::channel(false);
+        let app = routes().data(shared.clone());
+        tokio::spawn(async move {
+            let signal = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            if let Err(err) = Server::new_with_acceptor(acceptor)
+                .run_with_graceful_shutdown(app, signal, Some(Duration::from_secs(1)))
+                .await
+            {
+                tracing::error!(error = %err, "the Auth0 emulator stopped with an error");
+            }
+        });
+        Ok(Emulator {
+            running: Arc::new(Running { shared, port, stop }),
+        })
+    }
+
+    /// The issuer, with Auth0's trailing slash: `http://127.0.0.1:PORT/`.
+    pub fn issuer(&self) -> Url {
+        self.running.shared.issuer.clone()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.running.port
+    }
+
+    pub fn add_callback_url(&self, url: &str) {
+        let mut client = self
+            .running
+            .shared
+            .client
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        client.callback_urls.push(url.to_owned());
+    }
+
+    pub fn add_logout_url(&self, url: &str) {
+        let mut client = self
+            .running
+            .shared
+            .client
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        client.logout_urls.push(url.to_owned());
+    }
+
+    pub fn faults(&self) -> &Faults {
+        &self.running.shared.faults
+    }
+
+    pub fn users(&self) -> &UserStore {
+        &self.running.shared.users
+    }
+
+    /// Stops accepting connections (in-flight requests get a second to finish): the provider
+    /// is down.
+    pub fn shutdown(&self) {
+        let _ = self.running.stop.send(true);
+    }
+}
+
+fn routes() -> Route {
+    Route::new()
+        .at("/.well-known/openid-configuration", get(oidc::discovery))
+        .at("/.well-known/jwks.json", get(oidc::jwks))
+        .at("/authorize", get(oidc::authorize))
+        .at("/u/login", post(oidc::login))
+        .at("/oauth/token", post(oidc::token_endpoint))
+        .at("/userinfo", get(oidc::userinfo).post(oidc::userinfo))
+        .at("/v2/logout", get(oidc::logout_v2))
+        .at("/oidc/logout", get(oidc::logout_oidc))
+        .at("/exports/:file", get(exports::download))
+        .nest("/api/v2", management::routes())
+}
+
+/// Random URL-safe text for codes, tokens and ids.
+pub(crate) fn random_token(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::Rng::fill(&mut rand::thread_rng(), buf.as_mut_slice());
+    URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// A JSON response with a status.
+pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
+    Response::builder()
+        .status(status)
+        .content_type("application/json; charset=utf-8")
+        .header("cache-control", "no-store")
+        .body(body.to_string())
+}
+
+/// An OAuth 2.0 error (RFC 6749 5.2).
+pub(crate) fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+    json_response(
+        status,
+        &json!({ "error": error, "error_description": description }),
+    )
+}
+
+/// Parses `application/x-www-form-urlencoded` text (query strings and form bodies) into a map;
+/// a repeated key keeps its first value.
+pub(crate) fn form_map(raw: &str) -> HashMap<String, String> {
+    let mut map = HashMap::new();
+    for (key, value) in url::form_urlencoded::parse(raw.as_bytes()) {
+        map.entry(key.into_owned())
+            .or_insert_with(|| value.into_owned());
+    }
+    map
+}

@@ -1,0 +1,990 @@
+//! The emulated tenant's users, in memory, with an ordered `updated_at` index so sorted listing
+//! and range searches stay cheap at 100k users.
+//!
+//! User JSON follows the Management API's user object:
+//! https://auth0.com/docs/api/management/v2/users/get-users
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    ops::Bound,
+    path::Path,
+    sync::{Arc, PoisonError, RwLock},
+};
+
+use anyhow::Context;
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use rand::Rng;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::search::{Filter, Range, Sort, SortField};
+
+/// The database connection every emulated user belongs to.
+pub const CONNECTION: &str = "Username-Password-Authentication";
+pub const CONNECTION_ID: &str = "con_qbEmulatorDb0001";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    pub user_id: String,
+    pub email: String,
+    pub email_verified: bool,
+    pub name: String,
+    pub nickname: String,
+    /// `None`: Auth0's generated initials avatar.
+    pub picture: Option<String>,
+    pub given_name: Option<String>,
+    pub family_name: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub last_login: Option<DateTime<Utc>>,
+    pub logins_count: u64,
+    pub blocked: bool,
+    /// Exposed as `app_metadata.roles` and in the ID token's roles claim.
+    pub roles: Vec<String>,
+    /// Everything in `app_metadata` except `roles`.
+    pub app_metadata: Map<String, Value>,
+    pub user_metadata: Map<String, Value>,
+}
+
+/// Auth0's timestamp format: ISO 8601, milliseconds, `Z`.
+pub fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+impl User {
+    pub fn picture(&self) -> String {
+        self.picture.clone().unwrap_or_else(|| {
+            let initials: String = self
+                .name
+                .split_whitespace()
+                .filter_map(|w| w.chars().next())
+                .filter(char::is_ascii_alphabetic)
+                .take(2)
+                .collect::<String>()
+                .to_lowercase();
+            let initials = if initials.is_empty() {
+                "u".into()
+            } else {
+                initials
+            };
+            format!("https://cdn.auth0.com/avatars/{initials}.png")
+        })
+    }
+
+    /// The id part after `provider|`, as it appears in `identities[].user_id`.
+    fn identity_id(&self) -> &str {
+        self.user_id
+            .split_once('|')
+            .map_or(self.user_id.as_str(), |(_, id)| id)
+    }
+
+    pub fn app_metadata_json(&self) -> Map<String, Value> {
+        let mut meta = self.app_metadata.clone();
+        if !self.roles.is_empty() {
+            meta.insert("roles".into(), json!(self.roles));
+        }
+        meta
+    }
+
+    /// The user as the Management API returns it. Like Auth0, optional attributes that were
+    /// never set (`last_login`, `logins_count`, `blocked`, empty metadata) are left out.
+    pub fn to_json(&self) -> Value {
+        let mut user = json!({
+            "user_id": self.user_id,
+            "email": self.email,
+            "email_verified": self.email_verified,
+            "name": self.name,
+            "nickname": self.nickname,
+            "picture": self.picture(),
+            "created_at": timestamp(self.created_at),
+            "updated_at": timestamp(self.updated_at),
+            "identities": [{
+                "connection": CONNECTION,
+                "user_id": self.identity_id(),
+                "provider": "auth0",
+                "isSocial": false,
+            }],
+        });
+        let Some(object) = user.as_object_mut() else {
+            return user;
+        };
+        if let Some(given) = &self.given_name {
+            object.insert("given_name".into(), json!(given));
+        }
+        if let Some(family) = &self.family_name {
+            object.insert("family_name".into(), json!(family));
+        }
+        let app_metadata = self.app_metadata_json();
+        if !app_metadata.is_empty() {
+            object.insert("app_metadata".into(), Value::Object(app_metadata));
+        }
+        if !self.user_metadata.is_empty() {
+            object.insert(
+                "user_metadata".into(),
+                Value::Object(self.user_metadata.clone()),
+            );
+        }
+        if let Some(last_login) = self.last_login {
+            object.insert("last_login".into(), json!(timestamp(last_login)));
+        }
+        if self.logins_count > 0 {
+            object.insert("logins_count".into(), json!(self.logins_count));
+        }
+        if self.blocked {
+            object.insert("blocked".into(), json!(true));
+        }
+        user
+    }
+}
+
+/// What a new user is made from; everything but `email` has a sensible default.
+#[derive(Debug, Clone, Default)]
+pub struct NewUser {
+    pub email: String,
+    /// `None`: `auth0|` and 24 random hex digits, like Auth0's database users.
+    pub user_id: Option<String>,
+    pub name: Option<String>,
+    pub nickname: Option<String>,
+    pub picture: Option<String>,
+    pub given_name: Option<String>,
+    pub family_name: Option<String>,
+    pub email_verified: bool,
+    pub blocked: bool,
+    pub roles: Vec<String>,
+    pub app_metadata: Map<String, Value>,
+    pub user_metadata: Map<String, Value>,
+    /// `None`: now. Seeding and imports set these to the past.
+    pub created_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
+    pub last_login: Option<DateTime<Utc>>,
+    pub logins_count: u64,
+}
+
+impl NewUser {
+    pub fn with_email(email: impl Into<String>) -> Self {
+        Self {
+            email: email.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// A change to a user; `None` leaves a field alone. Metadata merges key by key (a JSON `null`
+/// removes a key), as Auth0's PATCH does.
+#[derive(Debug, Clone, Default)]
+pub struct UserPatch {
+    pub email: Option<String>,
+    pub email_verified: Option<bool>,
+    pub name: Option<String>,
+    pub nickname: Option<String>,
+    pub picture: Option<String>,
+    pub given_name: Option<String>,
+    pub family_name: Option<String>,
+    pub blocked: Option<bool>,
+    pub roles: Option<Vec<String>>,
+    pub app_metadata: Option<Map<String, Value>>,
+    pub user_metadata: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("The user does not exist.")]
+    NotFound,
+    #[error("The user already exists.")]
+    Conflict,
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// One page of a search, and how many users matched in all.
+#[derive(Debug)]
+pub struct SearchPage {
+    pub total: usize,
+    pub users: Vec<User>,
+}
+
+/// How a user is kept: about a third of a [`User`]'s size, so 100k users stay within tens of
+/// megabytes. Times are UNIX milliseconds (Auth0's precision); rarely set fields live in `extra`.
+struct Stored {
+    email: Arc<str>,
+    name: Box<str>,
+    nickname: Box<str>,
+    created_at: i64,
+    updated_at: i64,
+    last_login: Option<i64>,
+    logins_count: u64,
+    email_verified: bool,
+    blocked: bool,
+    roles: Box<[Box<str>]>,
+    extra: Option<Box<Extra>>,
+}
+
+struct Extra {
+    picture: Option<String>,
+    given_name: Option<String>,
+    family_name: Option<String>,
+    app_metadata: Map<String, Value>,
+    user_metadata: Map<String, Value>,
+}
+
+fn millis(at: DateTime<Utc>) -> i64 {
+    at.timestamp_millis()
+}
+
+fn from_millis(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+impl Stored {
+    fn to_user(&self, user_id: &str) -> User {
+        let extra = self.extra.as_deref();
+        User {
+            user_id: user_id.to_owned(),
+            email: self.email.to_string(),
+            email_verified: self.email_verified,
+            name: self.name.to_string(),
+            nickname: self.nickname.to_string(),
+            picture: extra.and_then(|e| e.picture.clone()),
+            given_name: extra.and_then(|e| e.given_name.clone()),
+            family_name: extra.and_then(|e| e.family_name.clone()),
+            created_at: from_millis(self.created_at),
+            updated_at: from_millis(self.updated_at),
+            last_login: self.last_login.map(from_millis),
+            logins_count: self.logins_count,
+            blocked: self.blocked,
+            roles: self.roles.iter().map(|r| r.to_string()).collect(),
+            app_metadata: extra.map(|e| e.app_metadata.clone()).unwrap_or_default(),
+            user_metadata: extra.map(|e| e.user_metadata.clone()).unwrap_or_default(),
+        }
+    }
+
+    fn from_user(user: User) -> (Arc<str>, Stored) {
+        let has_extra = user.picture.is_some()
+            || user.given_name.is_some()
+            || user.family_name.is_some()
+            || !user.app_metadata.is_empty()
+            || !user.user_metadata.is_empty();
+        let extra = has_extra.then(|| {
+            Box::new(Extra {
+                picture: user.picture,
+                given_name: user.given_name,
+                family_name: user.family_name,
+                app_metadata: user.app_metadata,
+                user_metadata: user.user_metadata,
+            })
+        });
+        let stored = Stored {
+            email: Arc::from(user.email),
+            name: user.name.into_boxed_str(),
+            nickname: user.nickname.into_boxed_str(),
+            created_at: millis(user.created_at),
+            updated_at: millis(user.updated_at),
+            last_login: user.last_login.map(millis),
+            logins_count: user.logins_count,
+            email_verified: user.email_verified,
+            blocked: user.blocked,
+            roles: user.roles.into_iter().map(String::into_boxed_str).collect(),
+            extra,
+        };
+        (Arc::from(user.user_id), stored)
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    by_id: HashMap<Arc<str>, Stored>,
+    /// `(updated_at millis, user_id)`: listing by `updated_at` and range searches walk this.
+    by_updated: BTreeSet<(i64, Arc<str>)>,
+    /// Emails are kept lower-cased (Auth0 does so for database users), one copy shared here.
+    by_email: HashMap<Arc<str>, Arc<str>>,
+    /// The last `updated_at` handed out, so every change gets a later stamp than the one before
+    /// (an incremental sync reading `updated_at:{watermark TO *]` never misses a change).
+    last_stamp: Option<DateTime<Utc>>,
+}
+
+impl Inner {
+    fn next_stamp(&mut self) -> DateTime<Utc> {
+        let now = from_millis(millis(Utc::now()));
+        let stamp = match self.last_stamp {
+            Some(last) if now <= last => last + Duration::milliseconds(1),
+            _ => now,
+        };
+        self.last_stamp = Some(stamp);
+        stamp
+    }
+
+    fn insert(&mut self, user: User) {
+        let (id, stored) = Stored::from_user(user);
+        self.by_updated.insert((stored.updated_at, id.clone()));
+        self.by_email.insert(stored.email.clone(), id.clone());
+        self.by_id.insert(id, stored);
+    }
+
+    fn remove(&mut self, user_id: &str) -> Option<User> {
+        let (id, stored) = self.by_id.remove_entry(user_id)?;
+        self.by_updated.remove(&(stored.updated_at, id.clone()));
+        self.by_email.remove(&stored.email);
+        Some(stored.to_user(&id))
+    }
+
+    fn get(&self, user_id: &str) -> Option<User> {
+        let (id, stored) = self.by_id.get_key_value(user_id)?;
+        Some(stored.to_user(id))
+    }
+}
+
+/// The tenant's users. Cheap to clone (shared).
+#[derive(Clone, Default)]
+pub struct UserStore {
+    inner: Arc<RwLock<Inner>>,
+}
+
+impl UserStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn count(&self) -> usize {
+        self.read().by_id.len()
+    }
+
+    pub fn get(&self, user_id: &str) -> Option<User> {
+        self.read().get(user_id)
+    }
+
+    pub fn find_by_email(&self, email: &str) -> Option<User> {
+        let inner = self.read();
+        let id = inner.by_email.get(email.trim().to_lowercase().as_str())?;
+        inner.get(id)
+    }
+
+    pub fn create(&self, new: NewUser) -> Result<User, StoreError> {
+        let email = valid_email(&new.email)?;
+        let user_id = match new.user_id {
+            Some(id) if id.trim().is_empty() => {
+                return Err(StoreError::Invalid("user_id must not be empty".into()));
+            }
+            Some(id) if id.contains('|') => id,
+            Some(id) => format!("auth0|{id}"),
+            None => random_user_id(),
+        };
+        let mut inner = self.write();
+        if inner.by_id.contains_key(user_id.as_str()) || inner.by_email.contains_key(email.as_str())
+        {
+            return Err(StoreError::Conflict);
+        }
+        let now = inner.next_stamp();
+        let created_at = new.created_at.unwrap_or(now);
+        let local = email.split('@').next().unwrap_or(&email).to_owned();
+        let user = User {
+            name: new
+                .name
+                .filter(|n| !n.trim().is_empty())
+                .unwrap_or_else(|| email.clone()),
+            nickname: new.nickname.unwrap_or(local),
+            email,
+            user_id,
+            email_verified: new.email_verified,
+            picture: new.picture,
+            given_name: new.given_name,
+            family_name: new.family_name,
+            created_at,
+            updated_at: new.updated_at.unwrap_or(now).max(created_at),
+            last_login: new.last_login,
+            logins_count: new.logins_count,
+            blocked: new.blocked,
+            roles: new.roles,
+            app_metadata: new.app_metadata,
+            user_metadata: new.user_metadata,
+        };
+        inner.insert(user.clone());
+        Ok(user)
+    }
+
+    pub fn update(&self, user_id: &str, patch: UserPatch) -> Result<User, StoreError> {
+        let new_email = patch.email.as_deref().map(valid_email).transpose()?;
+        let mut inner = self.write();
+        if let Some(email) = &new_email
+            && let Some(owner) = inner.by_email.get(email.as_str())
+            && &**owner != user_id
+        {
+            return Err(StoreError::Conflict);
+        }
+        let mut user = inner.remove(user_id).ok_or(StoreError::NotFound)?;
+        if let Some(email) = new_email {
+            user.email = email;
+        }
+        set(&mut user.email_verified, patch.email_verified);
+        set(&mut user.name, patch.name);
+        set(&mut user.nickname, patch.nickname);
+        set(&mut user.blocked, patch.blocked);
+        set(&mut user.roles, patch.roles);
+        if let Some(picture) = patch.picture {
+            user.picture = Some(picture);
+        }
+        if let Some(given) = patch.given_name {
+            user.given_name = Some(given);
+        }
+        if let Some(family) = patch.family_name {
+            user.family_name = Some(family);
+        }
+        merge(&mut user.app_metadata, patch.app_metadata);
+        merge(&mut user.user_metadata, patch.user_metadata);
+        user.updated_at = inner.next_stamp();
+        inner.insert(user.clone());
+        Ok(user)
+    }
+
+    pub fn delete(&self, user_id: &str) -> bool {
+        self.write().remove(user_id).is_some()
+    }
+
+    /// A sign-in: counts it, stamps `last_login`, and (like Auth0) bumps `updated_at`.
+    pub fn record_login(&self, user_id: &str) -> Option<User> {
+        let mut inner = self.write();
+        let mut user = inner.remove(user_id)?;
+        let now = inner.next_stamp();
+        user.logins_count += 1;
+        user.last_login = Some(now);
+        user.updated_at = now;
+        inner.insert(user.clone());
+        Some(user)
+    }
+
+    /// Adds `n` demo users: the first is "Ada Admin" (admin@example.com, role `admin`), the rest
+    /// have realistic names and distinct `updated_at`s spread over the past. Emails that already
+    /// exist are skipped, so seeding twice does not fail.
+    pub fn seed(&self, n: usize) -> usize {
+        let mut rng = rand::thread_rng();
+        let now = Utc::now();
+        let mut added = 0;
+        let mut inner = self.write();
+        inner.by_id.reserve(n);
+        inner.by_email.reserve(n);
+        for i in 0..n {
+            let (name, email, roles) = if i == 0 {
+                (
+                    "Ada Admin".to_owned(),
+                    "admin@example.com".to_owned(),
+                    vec!["admin".to_owned()],
+                )
+            } else {
+                let first = FIRST_NAMES[i % FIRST_NAMES.len()];
+                let last = LAST_NAMES[(i / FIRST_NAMES.len()) % LAST_NAMES.len()];
+                let round = i / (FIRST_NAMES.len() * LAST_NAMES.len());
+                let domain = DOMAINS[i % DOMAINS.len()];
+                let suffix = if round == 0 {
+                    String::new()
+                } else {
+                    round.to_string()
+                };
+                let email = format!(
+                    "{}.{}{suffix}@{domain}",
+                    first.to_lowercase(),
+                    last.to_lowercase()
+                );
+                (format!("{first} {last}"), email, Vec::new())
+            };
+            if inner.by_email.contains_key(email.as_str()) {
+                continue;
+            }
+            // One minute per user into the past; updated within that minute, so every
+            // `updated_at` differs and all lie before any change made from now on.
+            let created_at = now - Duration::minutes((n - i) as i64);
+            let updated_at = created_at + Duration::milliseconds(rng.gen_range(0..59_999));
+            let logins_count = rng.gen_range(0..40u64);
+            let user = User {
+                user_id: random_user_id_with(&mut rng),
+                nickname: email.split('@').next().unwrap_or_default().to_owned(),
+                given_name: None,
+                family_name: None,
+                email,
+                email_verified: i % 7 != 3,
+                name,
+                picture: None,
+                created_at,
+                updated_at,
+                last_login: (logins_count > 0).then_some(updated_at),
+                logins_count,
+                blocked: false,
+                roles,
+                app_metadata: Map::new(),
+                user_metadata: Map::new(),
+            };
+            inner.insert(user);
+            added += 1;
+        }
+        added
+    }
+
+    /// Loads a JSON array of Auth0-shaped users (as the Management API or an export returns
+    /// them). Returns how many were added.
+    pub fn load_file(&self, path: &Path) -> anyhow::Result<usize> {
+        let raw = std::fs::read_to_string(path)
+            .with_context(|| format!("reading users file {}", path.display()))?;
+        let users: Vec<ImportedUser> = serde_json::from_str(&raw).with_context(|| {
+            format!(
+                "{} must be a JSON array of users like [{{\"email\": \"a@example.com\", \"name\": \"A\"}}]",
+                path.display()
+            )
+        })?;
+        let mut added = 0;
+        for (index, user) in users.into_iter().enumerate() {
+            self.create(user.into_new_user())
+                .with_context(|| format!("{}: user #{index}", path.display()))?;
+            added += 1;
+        }
+        Ok(added)
+    }
+
+    /// Users for the login page: admins first (so the dev admin page is one click away), then
+    /// the most recently active.
+    pub fn login_choices(&self, limit: usize) -> Vec<User> {
+        let inner = self.read();
+        let mut chosen: Vec<User> = inner
+            .by_updated
+            .iter()
+            .rev()
+            .filter_map(|(_, id)| inner.get(id))
+            .take(limit)
+            .collect();
+        if !chosen.iter().any(|u| u.roles.iter().any(|r| r == "admin"))
+            && let Some(admin) = inner
+                .by_id
+                .iter()
+                .find(|(_, u)| u.roles.iter().any(|r| &**r == "admin"))
+                .map(|(id, u)| u.to_user(id))
+        {
+            chosen.truncate(limit.saturating_sub(1));
+            chosen.push(admin);
+        }
+        chosen.sort_by_key(|u| !u.roles.iter().any(|r| r == "admin"));
+        chosen
+    }
+
+    /// The users matching `filter`, in `sort` order, `offset`/`limit` applied, with the total.
+    pub fn search(&self, filter: &Filter, sort: Sort, offset: usize, limit: usize) -> SearchPage {
+        let inner = self.read();
+        let keep = |(id, user): &(&Arc<str>, &Stored)| matches(filter, id, user);
+        let window = |iter: &mut dyn Iterator<Item = (&Arc<str>, &Stored)>| {
+            let mut total = 0;
+            let mut users = Vec::new();
+            for (id, user) in iter {
+                if total >= offset && users.len() < limit {
+                    users.push(user.to_user(id));
+                }
+                total += 1;
+            }
+            SearchPage { total, users }
+        };
+
+        // An exact email or id narrows to at most one user: no scan.
+        let direct = match (&filter.email, &filter.user_id) {
+            (Some(email), _) => Some(inner.by_email.get(email.as_str()).cloned()),
+            (None, Some(id)) => Some(
+                inner
+                    .by_id
+                    .get_key_value(id.as_str())
+                    .map(|(k, _)| k.clone()),
+            ),
+            (None, None) => None,
+        };
+        if let Some(id) = direct {
+            let mut found = id
+                .and_then(|id| inner.by_id.get_key_value(&id))
+                .filter(keep)
+                .into_iter();
+            return window(&mut found);
+        }
+
+        if sort.field == SortField::UpdatedAt {
+            let range = filter.updated_at.clone().unwrap_or(Range {
+                lower: Bound::Unbounded,
+                upper: Bound::Unbounded,
+            });
+            let Some(bounds) = index_bounds(&range) else {
+                return SearchPage {
+                    total: 0,
+                    users: Vec::new(),
+                };
+            };
+            let entries = inner.by_updated.range(bounds);
+            let lookup = |(_, id): &(i64, Arc<str>)| inner.by_id.get_key_value(id);
+            let mut users: Box<dyn Iterator<Item = (&Arc<str>, &Stored)>> = if sort.descending {
+                Box::new(entries.rev().filter_map(lookup).filter(keep))
+            } else {
+                Box::new(entries.filter_map(lookup).filter(keep))
+            };
+            return window(&mut users);
+        }
+
+        let mut found: Vec<(&Arc<str>, &Stored)> = inner.by_id.iter().filter(keep).collect();
+        found.sort_unstable_by(|(a_id, a), (b_id, b)| {
+            let order = match sort.field {
+                SortField::CreatedAt => a.created_at.cmp(&b.created_at),
+                SortField::UpdatedAt => a.updated_at.cmp(&b.updated_at),
+                SortField::LastLogin => a.last_login.cmp(&b.last_login),
+                SortField::LoginsCount => a.logins_count.cmp(&b.logins_count),
+                SortField::Email => a.email.cmp(&b.email),
+                SortField::Name => a.name.cmp(&b.name),
+                SortField::UserId => std::cmp::Ordering::Equal,
+            }
+            .then_with(|| a_id.cmp(b_id));
+            if sort.descending {
+                order.reverse()
+            } else {
+                order
+            }
+        });
+        window(&mut found.into_iter())
+    }
+
+    /// The ids of every user right now: an export walks these in chunks without holding the
+    /// lock (or a copy of every profile) for the whole file.
+    pub fn snapshot_ids(&self) -> Vec<Arc<str>> {
+        self.read().by_id.keys().cloned().collect()
+    }
+
+    /// Looks up a batch of ids under one read lock; deleted users are skipped.
+    pub fn get_many(&self, ids: &[Arc<str>]) -> Vec<User> {
+        let inner = self.read();
+        ids.iter().filter_map(|id| inner.get(id)).collect()
+    }
+}
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *slot = value;
+    }
+}
+
+fn merge(target: &mut Map<String, Value>, patch: Option<Map<String, Value>>) {
+    for (key, value) in patch.into_iter().flatten() {
+        if value.is_null() {
+            target.remove(&key);
+        } else {
+            target.insert(key, value);
+        }
+    }
+}
+
+fn matches(filter: &Filter, user_id: &str, user: &Stored) -> bool {
+    let in_range = |range: &Option<Range>, at: Option<i64>| match (range, at) {
+        (None, _) => true,
+        (Some(range), Some(at)) => range.contains(from_millis(at)),
+        (Some(_), None) => false,
+    };
+    in_range(&filter.updated_at, Some(user.updated_at))
+        && in_range(&filter.created_at, Some(user.created_at))
+        && in_range(&filter.last_login, user.last_login)
+        && filter.email.as_deref().is_none_or(|e| e == &*user.email)
+        && filter.user_id.as_deref().is_none_or(|id| id == user_id)
+        && filter.name.as_deref().is_none_or(|n| n == &*user.name)
+        && filter
+            .nickname
+            .as_deref()
+            .is_none_or(|n| n == &*user.nickname)
+}
+
+/// Translates a time range into bounds on the `(updated_at, user_id)` index: whole
+/// milliseconds that cover the range (the exact bounds are checked per user afterwards). The
+/// empty string sorts before every id, so `(ms, "")` is the first key at `ms`.
+#[allow(clippy::type_complexity)]
+fn index_bounds(range: &Range) -> Option<(Bound<(i64, Arc<str>)>, Bound<(i64, Arc<str>)>)> {
+    let first_at = |ms: i64| (ms, Arc::<str>::from(""));
+    let lower = match range.lower {
+        Bound::Included(t) | Bound::Excluded(t) => Bound::Included(first_at(millis(t))),
+        Bound::Unbounded => Bound::Unbounded,
+    };
+    let upper = match range.upper {
+        Bound::Included(t) | Bound::Excluded(t) => {
+            Bound::Excluded(first_at(millis(t).saturating_add(1)))
+        }
+        Bound::Unbounded => Bound::Unbounded,
+    };
+    // BTreeSet::range panics on an inverted range; an empty one simply matches nothing.
+    if let (Bound::Included(lo), Bound::Excluded(hi)) = (&lower, &upper)
+        && lo >= hi
+    {
+        return None;
+    }
+    Some((lower, upper))
+}
+
+fn valid_email(raw: &str) -> Result<String, StoreError> {
+    let email = raw.trim();
+    let valid = email.len() <= 254
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.contains('@')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        });
+    if valid {
+        // Auth0 stores database-connection emails in lower case.
+        Ok(email.to_lowercase())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "{raw:?} is not an email address (expected something like ada@example.com)"
+        )))
+    }
+}
+
+fn random_user_id() -> String {
+    random_user_id_with(&mut rand::thread_rng())
+}
+
+/// `auth0|` and 24 hex digits, the shape of Auth0's database-connection ids.
+fn random_user_id_with(rng: &mut impl Rng) -> String {
+    let bytes: [u8; 12] = rng.r#gen();
+    let mut id = String::with_capacity(30);
+    id.push_str("auth0|");
+    for b in bytes {
+        id.push_str(&format!("{b:02x}"));
+    }
+    id
+}
+
+/// A user in an import file: the Management API's user object, every field optional but email.
+#[derive(Debug, Deserialize)]
+struct ImportedUser {
+    email: String,
+    user_id: Option<String>,
+    name: Option<String>,
+    nickname: Option<String>,
+    picture: Option<String>,
+    given_name: Option<String>,
+    family_name: Option<String>,
+    #[serde(default)]
+    email_verified: bool,
+    #[serde(default)]
+    blocked: bool,
+    #[serde(default)]
+    app_metadata: Map<String, Value>,
+    #[serde(default)]
+    user_metadata: Map<String, Value>,
+    created_at: Option<DateTime<Utc>>,
+    updated_at: Option<DateTime<Utc>>,
+    last_login: Option<DateTime<Utc>>,
+    #[serde(default)]
+    logins_count: u64,
+}
+
+impl ImportedUser {
+    fn into_new_user(mut self) -> NewUser {
+        let roles = match self.app_metadata.remove("roles") {
+            Some(Value::Array(roles)) => roles
+                .into_iter()
+                .filter_map(|r| r.as_str().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        };
+        NewUser {
+            email: self.email,
+            user_id: self.user_id,
+            name: self.name,
+            nickname: self.nickname,
+            picture: self.picture,
+            given_name: self.given_name,
+            family_name: self.family_name,
+            email_verified: self.email_verified,
+            blocked: self.blocked,
+            roles,
+            app_metadata: self.app_metadata,
+            user_metadata: self.user_metadata,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            last_login: self.last_login,
+            logins_count: self.logins_count,
+        }
+    }
+}
+
+const FIRST_NAMES: &[&str] = &[
+    "Grace",
+    "Alan",
+    "Katherine",
+    "Linus",
+    "Margaret",
+    "Dennis",
+    "Barbara",
+    "Ken",
+    "Frances",
+    "Edsger",
+    "Radia",
+    "Donald",
+    "Hedy",
+    "John",
+    "Joan",
+    "Tim",
+    "Sophie",
+    "Guido",
+    "Lynn",
+    "Bjarne",
+    "Anita",
+    "Niklaus",
+    "Shafi",
+    "Leslie",
+    "Adele",
+    "Yukihiro",
+    "Karen",
+    "Brian",
+    "Jean",
+    "Rob",
+    "Mary",
+    "James",
+    "Evelyn",
+    "Vint",
+    "Carol",
+    "Bob",
+    "Elena",
+    "Ravi",
+    "Amara",
+    "Kenji",
+    "Ingrid",
+    "Mateo",
+    "Priya",
+    "Olu",
+    "Freya",
+    "Diego",
+    "Mei",
+    "Tariq",
+    "Zofia",
+    "Noah",
+];
+
+const LAST_NAMES: &[&str] = &[
+    "Hopper",
+    "Turing",
+    "Johnson",
+    "Torvalds",
+    "Hamilton",
+    "Ritchie",
+    "Liskov",
+    "Thompson",
+    "Allen",
+    "Dijkstra",
+    "Perlman",
+    "Knuth",
+    "Lamarr",
+    "Backus",
+    "Clarke",
+    "Berners-Lee",
+    "Wilson",
+    "Rossum",
+    "Conway",
+    "Stroustrup",
+    "Borg",
+    "Wirth",
+    "Goldwasser",
+    "Lamport",
+    "Goldberg",
+    "Matsumoto",
+    "Jones",
+    "Kernighan",
+    "Sammet",
+    "Pike",
+    "Keller",
+    "Gosling",
+    "Boyd",
+    "Cerf",
+    "Shaw",
+    "Kahn",
+    "Petrova",
+    "Shankar",
+    "Okafor",
+    "Tanaka",
+    "Lindqvist",
+    "Garcia",
+    "Iyer",
+    "Adeyemi",
+    "Nielsen",
+    "Rojas",
+    "Chen",
+    "Haddad",
+    "Nowak",
+    "Fischer",
+];
+
+const DOMAINS: &[&str] = &["example.com", "example.org", "example.net"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::emulator::search::parse_query;
+
+    #[test]
+    fn seeding_makes_an_admin_and_distinct_users() {
+        let store = UserStore::new();
+        assert_eq!(store.seed(3000), 3000);
+        let admin = store.find_by_email("ADMIN@example.com").unwrap();
+        assert_eq!(admin.name, "Ada Admin");
+        assert_eq!(admin.roles, vec!["admin"]);
+        let page = store.search(
+            &Filter::default(),
+            Sort::parse("updated_at:1").unwrap(),
+            0,
+            5000,
+        );
+        assert_eq!(page.total, 3000);
+        let stamps: BTreeSet<_> = page.users.iter().map(|u| u.updated_at).collect();
+        assert_eq!(stamps.len(), 3000);
+        assert!(
+            page.users
+                .windows(2)
+                .all(|w| w[0].updated_at < w[1].updated_at)
+        );
+        assert_eq!(store.login_choices(5)[0].email, "admin@example.com");
+    }
+
+    #[test]
+    fn every_change_moves_updated_at_forward() {
+        let store = UserStore::new();
+        let user = store.create(NewUser::with_email("a@example.com")).unwrap();
+        let renamed = store
+            .update(
+                &user.user_id,
+                UserPatch {
+                    name: Some("A".into()),
+                    ..UserPatch::default()
+                },
+            )
+            .unwrap();
+        assert!(renamed.updated_at > user.updated_at);
+        let after = parse_query(&format!(
+            "updated_at:{{{} TO *]",
+            timestamp(user.updated_at)
+        ))
+        .unwrap();
+        let page = store.search(&after, Sort::parse("updated_at:1").unwrap(), 0, 10);
+        assert_eq!(page.total, 1);
+        assert_eq!(page.users[0].name, "A");
+        assert_eq!(
+            store.create(NewUser::with_email("A@example.com")),
+            Err(StoreError::Conflict)
+        );
+        assert!(matches!(
+            store.create(NewUser::with_email("nope")),
+            Err(StoreError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn inverted_ranges_match_nothing() {
+        let store = UserStore::new();
+        store.seed(10);
+        let q = parse_query("updated_at:[2030-01-01 TO 2020-01-01]").unwrap();
+        let page = store.search(&q, Sort::parse("updated_at:-1").unwrap(), 0, 10);
+        assert_eq!(page.total, 0);
+    }
+}
