@@ -157,7 +157,11 @@ async fn sync(mut settings: Settings, full: bool) -> anyhow::Result<()> {
         quotebook::db::migrate(&database.pool).await?;
         let issuer = users::management_issuer(&settings)?;
         let syncer = users::syncer(database.pool.clone(), &settings, issuer)?;
-        let mode = if full { SyncMode::Full } else { SyncMode::Incremental };
+        let mode = if full {
+            SyncMode::Full
+        } else {
+            SyncMode::Incremental
+        };
         let run = users::foreground::sync_in_foreground(&syncer, mode, true).await?;
         println!("{}", users::foreground::summary(&run));
         anyhow::ensure!(run.status == RunStatus::Succeeded, "the sync failed");
