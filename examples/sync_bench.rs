@@ -2,7 +2,7 @@
 //! prints users/s, API calls, SQL statements and peak RSS.
 //!
 //! ```sh
-//! cargo run --release --example sync_bench -- --users 100000
+//! cargo run --release --example sync_bench -- --users 100000 [--batch 1000]
 //! ```
 //!
 //! The emulator runs in a child process (this binary re-executed with `--serve-emulator`), so
@@ -93,7 +93,11 @@ async fn bench(users: usize, issuer: &str) -> anyhow::Result<()> {
         Secret::new(DEV_CLIENT_SECRET),
         ApiOptions::default(),
     )?;
-    let syncer = Syncer::new(pool.clone(), api, SyncOptions::default());
+    let mut options = SyncOptions::default();
+    if let Some(batch) = flag(&std::env::args().collect::<Vec<_>>(), "--batch") {
+        options.batch_size = batch.parse().context("--batch takes a number")?;
+    }
+    let syncer = Syncer::new(pool.clone(), api, options);
     let clock = Instant::now();
     let run = foreground::sync_in_foreground(&syncer, SyncMode::Full, false).await;
     let elapsed = clock.elapsed().as_secs_f64();
