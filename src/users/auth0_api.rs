@@ -283,10 +283,13 @@ impl ManagementApi {
         }
     }
 
-    /// `POST /api/v2/jobs/users-exports` for the whole tenant as NDJSON with `fields`.
-    pub async fn create_users_export(&self, fields: &[&str]) -> Result<Job, ApiError> {
+    /// `POST /api/v2/jobs/users-exports` for the whole tenant as NDJSON with `fields`, at most
+    /// `limit` users. The API reference gives `limit` a default of 5 while the export guide says
+    /// "all records if omitted", so it is always sent.
+    pub async fn create_users_export(&self, fields: &[&str], limit: u64) -> Result<Job, ApiError> {
         let body = serde_json::json!({
             "format": "json",
+            "limit": limit.max(1),
             "fields": fields.iter().map(|name| serde_json::json!({ "name": name })).collect::<Vec<_>>(),
         });
         let url = self.api_url("jobs/users-exports")?;

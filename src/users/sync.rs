@@ -329,7 +329,11 @@ impl Syncer {
         progress: &mut Progress,
     ) -> Result<(), SyncError> {
         let expected_before = progress.total.unwrap_or_default();
-        let job = self.api.create_users_export(EXPORT_FIELDS).await?;
+        // Room for users created while the job runs; the count check below catches a short file.
+        let limit = expected_before
+            .saturating_mul(2)
+            .max(expected_before + 10_000);
+        let job = self.api.create_users_export(EXPORT_FIELDS, limit).await?;
         tracing::info!(run = run_id, job = %job.id, "export job created");
         let mut lines_done = 0u64;
         let mut downloads = 0;
