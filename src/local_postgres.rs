@@ -150,6 +150,11 @@ impl LocalPostgres {
         &self.data_dir
     }
 
+    /// Where the server's Unix socket lives (for `psql -h` / `pgbench -h`).
+    pub fn socket_dir(&self) -> &Path {
+        &self.socket_dir
+    }
+
     /// Fast shutdown (SIGINT): ends sessions, checkpoints, and exits; waits for the process.
     pub fn stop(&self) {
         let Some(mut child) = self.child.lock().ok().and_then(|mut c| c.take()) else {

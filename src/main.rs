@@ -60,8 +60,10 @@ struct EmulatorArgs {
     /// JSON array of Auth0-shaped users to add.
     #[arg(long)]
     users_file: Option<std::path::PathBuf>,
+    /// Client ID of the registered application.
     #[arg(long, default_value = quotebook::config::DEV_CLIENT_ID)]
     client_id: String,
+    /// Client secret of the registered application.
     #[arg(long, default_value = quotebook::config::DEV_CLIENT_SECRET)]
     client_secret: String,
     /// Allowed callback URL (repeatable).
@@ -76,6 +78,7 @@ struct EmulatorArgs {
     /// Where to keep the signing key so tokens survive restarts.
     #[arg(long, default_value = ".data/emulator-key.pem")]
     key_file: std::path::PathBuf,
+    /// Namespaced ID-token claim that carries the user's roles.
     #[arg(long, default_value = quotebook::config::DEFAULT_ROLES_CLAIM)]
     roles_claim: String,
 }

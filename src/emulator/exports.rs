@@ -29,9 +29,9 @@ use sha2::{Digest, Sha256};
 
 use super::{
     Shared, form_map,
-    management::{api_error, bad_request, injected_fault, json_object},
+    management::{ApiError, api_error, injected_fault, json_object},
     random_token,
-    users::{CONNECTION, CONNECTION_ID, UserStore, timestamp},
+    users::{CONNECTION, CONNECTION_ID, User, UserStore, timestamp},
 };
 
 const CHUNK: usize = 1000;
@@ -174,11 +174,11 @@ fn job_json(job: &Job, shared: &Shared) -> Value {
 pub async fn create_job(shared: Data<&Arc<Shared>>, body: Body) -> Response {
     let object = match json_object(body).await {
         Ok(object) => object,
-        Err(response) => return response,
+        Err(err) => return err.into_response(),
     };
     let job = match parse_job(&object, &shared.users) {
         Ok(job) => Arc::new(job),
-        Err(message) => return bad_request(&message, "invalid_body"),
+        Err(message) => return ApiError::bad_request(message, "invalid_body").into_response(),
     };
     {
         let mut jobs = shared.exports.jobs();
@@ -319,6 +319,36 @@ fn csv_cell(value: Option<&Value>) -> String {
     }
 }
 
+/// The user's JSON with at least the exported fields. Plain top-level fields are rendered
+/// directly; anything else (identities, metadata paths) falls back to the full user object,
+/// which costs several times more per user.
+fn export_json(user: &User, fields: &[Field]) -> Value {
+    let mut object = Map::new();
+    for field in fields {
+        let value = match field.name.as_str() {
+            "user_id" => json!(user.user_id),
+            "email" => json!(user.email),
+            "email_verified" => json!(user.email_verified),
+            "name" => json!(user.name),
+            "nickname" => json!(user.nickname),
+            "picture" => json!(user.picture()),
+            "created_at" => json!(timestamp(user.created_at)),
+            "updated_at" => json!(timestamp(user.updated_at)),
+            "last_login" => match user.last_login {
+                Some(at) => json!(timestamp(at)),
+                None => continue,
+            },
+            "logins_count" if user.logins_count > 0 => json!(user.logins_count),
+            "logins_count" => continue,
+            "blocked" if user.blocked => json!(true),
+            "blocked" => continue,
+            _ => return user.to_json(),
+        };
+        object.insert(field.name.clone(), value);
+    }
+    Value::Object(object)
+}
+
 fn build_file(job: &Job, users: &UserStore) -> std::io::Result<Bytes> {
     let mut ids = users.snapshot_ids();
     ids.truncate(job.limit);
@@ -333,7 +363,7 @@ fn build_file(job: &Job, users: &UserStore) -> std::io::Result<Bytes> {
     }
     for chunk in ids.chunks(CHUNK) {
         for user in users.get_many(chunk) {
-            let user = user.to_json();
+            let user = export_json(&user, &job.fields);
             match job.format {
                 Format::Json => {
                     let mut line = Map::new();

@@ -18,7 +18,7 @@ li form{margin:0 0 .5rem}
 button{font:inherit;cursor:pointer;border-radius:.5rem;border:1px solid #c9ced8;background:#fff;padding:.6rem .9rem}
 .user{width:100%;text-align:left;display:flex;justify-content:space-between;gap:.5rem}
 .user:hover{border-color:#635dff}
-.role{font-size:.75rem;background:#eceaff;color:#3f38d9;border-radius:1rem;padding:.1rem .5rem}
+.role{align-self:center;font-size:.75rem;background:#eceaff;color:#3f38d9;border-radius:1rem;padding:.1rem .5rem}
 .muted{color:#5b6475;font-size:.85rem}
 label{display:block;font-size:.9rem;margin:.75rem 0 .25rem}
 input{font:inherit;width:100%;box-sizing:border-box;padding:.55rem;border:1px solid #c9ced8;border-radius:.5rem}

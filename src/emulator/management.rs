@@ -41,6 +41,32 @@ pub fn routes() -> impl Endpoint<Output = Response> {
         .around(guard)
 }
 
+/// A Management API failure, rendered as Auth0's `{statusCode, error, message, errorCode}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    error_code: &'static str,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>, error_code: &'static str) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            error_code,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>, error_code: &'static str) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message, error_code)
+    }
+
+    pub fn into_response(self) -> Response {
+        api_error(self.status, &self.message, self.error_code)
+    }
+}
+
 /// An error shaped like the Management API's.
 pub fn api_error(status: StatusCode, message: &str, error_code: &str) -> Response {
     super::json_response(
@@ -52,10 +78,6 @@ pub fn api_error(status: StatusCode, message: &str, error_code: &str) -> Respons
             "errorCode": error_code,
         }),
     )
-}
-
-pub fn bad_request(message: &str, error_code: &str) -> Response {
-    api_error(StatusCode::BAD_REQUEST, message, error_code)
 }
 
 fn with_rate_headers(mut response: Response, decision: &Decision) -> Response {
@@ -86,15 +108,9 @@ pub(crate) async fn injected_fault(shared: &Shared) -> Option<Response> {
         Some(Injected::Fail(code)) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let response = match status {
-                StatusCode::TOO_MANY_REQUESTS => with_rate_headers(
-                    too_many_requests(),
-                    &Decision {
-                        allowed: false,
-                        limit: 1,
-                        remaining: 0,
-                        reset: chrono::Utc::now().timestamp() + 1,
-                    },
-                ),
+                StatusCode::TOO_MANY_REQUESTS => {
+                    with_rate_headers(too_many_requests(), &shared.faults.rate_limit.exhausted())
+                }
                 _ => api_error(
                     status,
                     "Injected failure (emulator fault switch)",
@@ -136,14 +152,19 @@ async fn guard<E: Endpoint>(next: Arc<E>, req: Request) -> poem::Result<Response
     };
     shared.faults.count_management_request();
     if let Some(response) = injected_fault(&shared).await {
-        return Ok(response);
+        // An injected 429 reports an empty budget; other failures still count against it.
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            return Ok(response);
+        }
+        let decision = shared.faults.rate_limit.check();
+        return Ok(with_rate_headers(response, &decision));
     }
     let decision = shared.faults.rate_limit.check();
     if !decision.allowed {
         return Ok(with_rate_headers(too_many_requests(), &decision));
     }
     if let Err(response) = authorize(&shared, &req) {
-        return Ok(with_rate_headers(response, &decision));
+        return Ok(with_rate_headers(*response, &decision));
     }
     let response = match next.call(req).await {
         Ok(output) => output.into_response(),
@@ -160,14 +181,15 @@ async fn guard<E: Endpoint>(next: Arc<E>, req: Request) -> poem::Result<Response
     Ok(with_rate_headers(response, &decision))
 }
 
-fn authorize(shared: &Shared, req: &Request) -> Result<(), Response> {
+/// Checks the bearer token; the failure as a ready response (401 carries `WWW-Authenticate`).
+fn authorize(shared: &Shared, req: &Request) -> Result<(), Box<Response>> {
     let unauthorized = |message: &str| {
         let mut response = api_error(StatusCode::UNAUTHORIZED, message, "invalid_token");
         response.headers_mut().insert(
             "www-authenticate",
             HeaderValue::from_static("Bearer error=\"invalid_token\""),
         );
-        response
+        Box::new(response)
     };
     let Some(token) = bearer(req) else {
         return Err(unauthorized("Missing authentication"));
@@ -184,11 +206,11 @@ fn authorize(shared: &Shared, req: &Request) -> Result<(), Response> {
             if scopes.iter().any(|s| s == needed) {
                 Ok(())
             } else {
-                Err(api_error(
+                Err(Box::new(api_error(
                     StatusCode::FORBIDDEN,
                     &format!("Insufficient scope, expected any of: {needed}"),
                     "insufficient_scope",
-                ))
+                )))
             }
         }
         Some(AccessGrant::User { .. }) => Err(unauthorized(&format!(
@@ -199,9 +221,9 @@ fn authorize(shared: &Shared, req: &Request) -> Result<(), Response> {
     }
 }
 
-fn query_error(property: &str, detail: &str) -> Response {
-    bad_request(
-        &format!("Query validation error: '{detail}' on property {property}."),
+fn query_error(property: &str, detail: &str) -> ApiError {
+    ApiError::bad_request(
+        format!("Query validation error: '{detail}' on property {property}."),
         "invalid_query_string",
     )
 }
@@ -209,7 +231,7 @@ fn query_error(property: &str, detail: &str) -> Response {
 fn parse_number(
     params: &std::collections::HashMap<String, String>,
     name: &str,
-) -> Result<Option<usize>, Response> {
+) -> Result<Option<usize>, ApiError> {
     match params.get(name) {
         None => Ok(None),
         Some(raw) => raw.parse::<usize>().map(Some).map_err(|_| {
@@ -225,7 +247,7 @@ fn parse_flag(
     params: &std::collections::HashMap<String, String>,
     name: &str,
     default: bool,
-) -> Result<bool, Response> {
+) -> Result<bool, ApiError> {
     match params.get(name).map(String::as_str) {
         None => Ok(default),
         Some("true") => Ok(true),
@@ -271,12 +293,13 @@ async fn list_users(req: &Request, shared: Data<&Arc<Shared>>) -> Response {
         "primary_order",
     ];
     if let Some(unknown) = params.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-        return bad_request(
+        return api_error(
+            StatusCode::BAD_REQUEST,
             &format!("Query validation error: 'Additional properties not allowed: {unknown}'."),
             "invalid_query_string",
         );
     }
-    let result = (|| -> Result<Response, Response> {
+    let result = (|| -> Result<Response, ApiError> {
         let page = parse_number(&params, "page")?;
         let per_page = parse_number(&params, "per_page")?.unwrap_or(DEFAULT_PER_PAGE);
         if per_page > MAX_PER_PAGE {
@@ -310,17 +333,14 @@ async fn list_users(req: &Request, shared: Data<&Arc<Shared>>) -> Response {
         }
         let filter = match params.get("q").map(|q| q.trim()).filter(|q| !q.is_empty()) {
             Some(q) => search::parse_query(q).map_err(|e| {
-                bad_request(
-                    &format!("Invalid query string: {e}"),
-                    "invalid_query_string",
-                )
+                ApiError::bad_request(format!("Invalid query string: {e}"), "invalid_query_string")
             })?,
             None => Filter::default(),
         };
         // https://auth0.com/docs/manage-users/user-search/view-search-results-by-page
         let end = page.checked_add(1).and_then(|p| p.checked_mul(per_page));
         if end.is_none_or(|end| end > PAGING_CAP) {
-            return Err(bad_request(
+            return Err(ApiError::bad_request(
                 "You can only page through the first 1000 records. See https://auth0.com/docs/users/search/v3/view-search-results-by-page",
                 "invalid_paging",
             ));
@@ -346,11 +366,11 @@ async fn list_users(req: &Request, shared: Data<&Arc<Shared>>) -> Response {
         };
         Ok(super::json_response(StatusCode::OK, &body))
     })();
-    result.unwrap_or_else(|response| response)
+    result.unwrap_or_else(ApiError::into_response)
 }
 
-fn not_found() -> Response {
-    api_error(
+fn not_found() -> ApiError {
+    ApiError::new(
         StatusCode::NOT_FOUND,
         "The user does not exist.",
         "inexistent_user",
@@ -362,53 +382,56 @@ async fn get_user(req: &Request, Path(id): Path<String>, shared: Data<&Arc<Share
     let params = form_map(req.uri().query().unwrap_or(""));
     let include = match parse_flag(&params, "include_fields", true) {
         Ok(include) => include,
-        Err(response) => return response,
+        Err(err) => return err.into_response(),
     };
     match shared.users.get(&id) {
         Some(user) => super::json_response(
             StatusCode::OK,
             &select_fields(user.to_json(), &fields_param(&params), include),
         ),
-        None => not_found(),
+        None => not_found().into_response(),
     }
 }
 
 /// Reads a JSON object body, or answers 400 as Auth0 does.
-pub async fn json_object(body: poem::Body) -> Result<Map<String, Value>, Response> {
+pub async fn json_object(body: poem::Body) -> Result<Map<String, Value>, ApiError> {
     let bytes = body.into_bytes_limit(BODY_LIMIT).await.map_err(|_| {
-        bad_request(
+        ApiError::bad_request(
             "Payload validation error: the body is too large or unreadable",
             "invalid_body",
         )
     })?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(object)) => Ok(object),
-        Ok(_) => Err(bad_request(
+        Ok(_) => Err(ApiError::bad_request(
             "Payload validation error: 'Expected type object'.",
             "invalid_body",
         )),
-        Err(err) => Err(bad_request(
-            &format!("Invalid request payload JSON format: {err}"),
+        Err(err) => Err(ApiError::bad_request(
+            format!("Invalid request payload JSON format: {err}"),
             "invalid_body",
         )),
     }
 }
 
-fn payload_error(detail: &str, property: &str) -> Response {
-    bad_request(
-        &format!("Payload validation error: '{detail}' on property {property}."),
+fn payload_error(detail: &str, property: &str) -> ApiError {
+    ApiError::bad_request(
+        format!("Payload validation error: '{detail}' on property {property}."),
         "invalid_body",
     )
 }
+
+/// A metadata object from a body, and the roles split out of `app_metadata.roles`.
+type Metadata = (Option<Map<String, Value>>, Option<Vec<String>>);
 
 /// The body's fields, checked for type; unknown properties are refused like Auth0 does.
 struct Payload(Map<String, Value>);
 
 impl Payload {
-    fn check_known(&self, known: &[&str]) -> Result<(), Response> {
+    fn check_known(&self, known: &[&str]) -> Result<(), ApiError> {
         match self.0.keys().find(|k| !known.contains(&k.as_str())) {
-            Some(unknown) => Err(bad_request(
-                &format!(
+            Some(unknown) => Err(ApiError::bad_request(
+                format!(
                     "Payload validation error: 'Additional properties not allowed: {unknown}'."
                 ),
                 "invalid_body",
@@ -417,7 +440,7 @@ impl Payload {
         }
     }
 
-    fn string(&self, name: &str) -> Result<Option<String>, Response> {
+    fn string(&self, name: &str) -> Result<Option<String>, ApiError> {
         match self.0.get(name) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -428,7 +451,7 @@ impl Payload {
         }
     }
 
-    fn bool(&self, name: &str) -> Result<Option<bool>, Response> {
+    fn bool(&self, name: &str) -> Result<Option<bool>, ApiError> {
         match self.0.get(name) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
@@ -440,10 +463,7 @@ impl Payload {
     }
 
     /// `app_metadata` or `user_metadata`; `roles` in app_metadata is split out.
-    fn metadata(
-        &self,
-        name: &str,
-    ) -> Result<(Option<Map<String, Value>>, Option<Vec<String>>), Response> {
+    fn metadata(&self, name: &str) -> Result<Metadata, ApiError> {
         let mut map = match self.0.get(name) {
             None => return Ok((None, None)),
             Some(Value::Object(map)) => map.clone(),
@@ -492,15 +512,15 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
-fn store_error(err: StoreError) -> Response {
+fn store_error(err: StoreError) -> ApiError {
     match err {
         StoreError::NotFound => not_found(),
-        StoreError::Conflict => api_error(
+        StoreError::Conflict => ApiError::new(
             StatusCode::CONFLICT,
             "The user already exists.",
             "auth0_idp_error",
         ),
-        StoreError::Invalid(message) => bad_request(&message, "invalid_body"),
+        StoreError::Invalid(message) => ApiError::bad_request(message, "invalid_body"),
     }
 }
 
@@ -529,7 +549,7 @@ async fn create_user(shared: Data<&Arc<Shared>>, body: poem::Body) -> Response {
         match payload.string("connection")? {
             Some(connection) if connection == CONNECTION => {}
             Some(_) => {
-                return Err(bad_request(
+                return Err(ApiError::bad_request(
                     "The connection does not exist.",
                     "inexistent_connection",
                 ));
@@ -569,7 +589,7 @@ async fn create_user(shared: Data<&Arc<Shared>>, body: poem::Body) -> Response {
         Ok(super::json_response(StatusCode::CREATED, &user.to_json()))
     }
     .await;
-    result.unwrap_or_else(|response| response)
+    result.unwrap_or_else(ApiError::into_response)
 }
 
 /// `PATCH /api/v2/users/{id}` (https://auth0.com/docs/api/management/v2/users/patch-users-by-id).
@@ -620,7 +640,7 @@ async fn update_user(
         Ok(super::json_response(StatusCode::OK, &user.to_json()))
     }
     .await;
-    result.unwrap_or_else(|response| response)
+    result.unwrap_or_else(ApiError::into_response)
 }
 
 /// `DELETE /api/v2/users/{id}`: 204 whether or not the user existed, as Auth0 answers.

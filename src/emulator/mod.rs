@@ -2,6 +2,14 @@
 //! shaped as Auth0 documents them. It makes `cargo run` work with no Auth0 account and is the
 //! peer every login and sync test talks to. Never active in production (the `emulator` feature
 //! is left out of release images and config refuses it with `APP_ENV=production`).
+//!
+//! Routes (Auth0's paths):
+//! - `/.well-known/openid-configuration`, `/.well-known/jwks.json`
+//! - `GET /authorize` (login page), `POST /u/login` (its forms), `POST /oauth/token`,
+//!   `GET|POST /userinfo`, `GET /v2/logout`, `GET /oidc/logout`
+//! - `/api/v2/users`, `/api/v2/users/{id}`, `/api/v2/jobs/users-exports`, `/api/v2/jobs/{id}`
+//!   (bearer token from `client_credentials` with `audience={issuer}api/v2/`)
+//! - `GET /exports/{file}`: the signed, gzipped export file a completed job points to
 
 mod exports;
 mod keys;

@@ -652,6 +652,8 @@ fn profile_claims(shared: &Shared, user: &User, scope: &str) -> Map<String, Valu
         claims.insert("name".into(), json!(user.name));
         claims.insert("nickname".into(), json!(user.nickname));
         claims.insert("picture".into(), json!(user.picture()));
+        // Auth0 sends an ISO 8601 string here, not the number OIDC Core specifies; clients must
+        // cope (openidconnect: feature `accept-rfc3339-timestamps`, ramosbugs/openidconnect-rs#23).
         claims.insert("updated_at".into(), json!(timestamp(user.updated_at)));
         if let Some(given) = &user.given_name {
             claims.insert("given_name".into(), json!(given));

@@ -47,6 +47,17 @@ impl RateLimiter {
         window.used = 0;
     }
 
+    /// What the headers say when a 429 is forced (the `fail_next(n, 429)` fault).
+    pub fn exhausted(&self) -> Decision {
+        let window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
+        Decision {
+            allowed: false,
+            limit: u64::from(window.limit.unwrap_or(u32::MAX)),
+            remaining: 0,
+            reset: Utc::now().timestamp() + 1,
+        }
+    }
+
     pub fn check(&self) -> Decision {
         let now = Utc::now().timestamp();
         let mut window = self.window.lock().unwrap_or_else(PoisonError::into_inner);

@@ -88,7 +88,7 @@ pub async fn edit(
         ..FormState::default()
     };
     let card = views::form(&form_state, &token);
-    Ok(render(&state, &session, hx, card, StatusCode::OK))
+    Ok(render(state, &session, hx, card, StatusCode::OK))
 }
 
 /// `POST /quote` (create or replace; plain forms and htmx) and `PUT /quote` (htmx update).
@@ -127,7 +127,7 @@ pub async fn save(
                 &token,
             );
             return Ok(render(
-                &state,
+                state,
                 &session,
                 hx,
                 card,
@@ -152,7 +152,7 @@ pub async fn save(
                 },
                 &token,
             );
-            Ok(render(&state, &session, hx, card, StatusCode::CONFLICT))
+            Ok(render(state, &session, hx, card, StatusCode::CONFLICT))
         }
     }
 }
@@ -173,7 +173,7 @@ pub async fn delete(
         .and_then(|q| serde_urlencoded::from_str::<CsrfOnly>(q).ok())
         .and_then(|f| f.csrf_token);
     csrf::verify(req, &session, form_token.as_deref())?;
-    delete_and_respond(&state, &session, hx, &user.sub).await
+    delete_and_respond(state, &session, hx, &user.sub).await
 }
 
 /// `POST /quote/delete`: the no-JS delete.
@@ -187,7 +187,7 @@ pub async fn delete_form(
     StrictForm(form): StrictForm<CsrfOnly>,
 ) -> AppResult<Response> {
     csrf::verify(req, &session, form.csrf_token.as_deref())?;
-    delete_and_respond(&state, &session, hx, &user.sub).await
+    delete_and_respond(state, &session, hx, &user.sub).await
 }
 
 async fn delete_and_respond(
@@ -216,7 +216,13 @@ fn render(
     status: StatusCode,
 ) -> Response {
     let mut response = if hx.0 {
-        vary(card)
+        // The status region must not keep announcing an earlier success.
+        let note = match status {
+            StatusCode::UNPROCESSABLE_ENTITY => "Not saved: see the message under the text box.",
+            StatusCode::CONFLICT => "Not saved: this quote was changed elsewhere.",
+            _ => "",
+        };
+        vary(html! { (card) (views::status(note)) })
     } else {
         vary(views::home_signed_in(
             &shell_for(session, &state.settings),

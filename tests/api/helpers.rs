@@ -313,10 +313,10 @@ pub fn find_form(html: &str, field: &str) -> Option<HtmlForm> {
             while let Some(i) = inputs.find("<input") {
                 let tag_end = inputs[i..].find('>').map(|e| i + e)?;
                 let tag = &inputs[i..tag_end];
-                if attr(tag, "type").as_deref() == Some("hidden") {
-                    if let (Some(name), value) = (attr(tag, "name"), attr(tag, "value")) {
-                        hidden.push((name, value.unwrap_or_default()));
-                    }
+                if attr(tag, "type").as_deref() == Some("hidden")
+                    && let Some(name) = attr(tag, "name")
+                {
+                    hidden.push((name, attr(tag, "value").unwrap_or_default()));
                 }
                 inputs = &inputs[tag_end..];
             }

@@ -1,8 +1,11 @@
 //! Integration tests: one binary, so it links once. Each module spawns the real app.
 
 mod auth;
+mod browser;
 mod deploy_files;
+mod emulator;
 mod foundation;
 mod helpers;
 mod quotes;
 mod sync;
+mod webdriver;

@@ -1,0 +1,317 @@
+//! Web benchmark: the release app (with its in-process emulator) on its own Postgres, loaded by
+//! wrk, next to `pgbench -S` on the same database as the ceiling. Prints a table.
+//!
+//! ```sh
+//! cargo build --release && cargo run --release --example web_bench
+//! ```
+//! Needs `wrk` and `pgbench` (Debian: `apt-get install wrk postgresql-contrib`).
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use async_session::{Session, SessionStore};
+use quotebook::{
+    auth::{current_user::SessionUser, session_store::PgSessionStore},
+    local_postgres::LocalPostgres,
+};
+use sqlx::{ConnectOptions, Connection};
+
+const CONNECTIONS: u32 = 64;
+const SECONDS: u32 = 10;
+const USERS: usize = 64;
+
+struct Row {
+    name: &'static str,
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+    rss_mb: f64,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let binary = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/quotebook");
+    anyhow::ensure!(
+        binary.exists(),
+        "build the app first: cargo build --release"
+    );
+    for tool in ["wrk", "pgbench"] {
+        anyhow::ensure!(
+            Command::new("which").arg(tool).output()?.status.success(),
+            "{tool} is missing (Debian: apt-get install wrk postgresql-contrib)"
+        );
+    }
+
+    let dir = std::env::temp_dir().join(format!("quotebook-bench-{}", std::process::id()));
+    let cluster = tokio::task::block_in_place(|| LocalPostgres::start(&dir))?;
+    let mut admin = cluster.connect_options("postgres").connect().await?;
+    sqlx::query("CREATE DATABASE bench")
+        .execute(&mut admin)
+        .await?;
+    admin.close().await?;
+
+    let port = free_port()?;
+    let mut app = Command::new(&binary)
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PORT", port.to_string())
+        .env("DATABASE_URL", cluster.url("bench"))
+        .env("DATABASE_MAX_CONNECTIONS", "16")
+        .env("AUTH0_EMULATOR_ADDR", "127.0.0.1:0")
+        .env("AUTH0_EMULATOR_PERSIST_KEY", "false")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until_up(&base).await?;
+
+    let pool = sqlx::PgPool::connect_with(cluster.connect_options("bench")).await?;
+    let (cookie, csrf) = signed_in_user_with_quote(&pool).await?;
+    let idle_rss = rss_mb(&app);
+
+    let cookie_header = format!("Cookie: {cookie}");
+    let put_script = dir.join("put.lua");
+    std::fs::write(
+        &put_script,
+        format!(
+            "wrk.method = \"PUT\"\nwrk.body = \"message=Benchmarking+is+a+kind+of+listening.\"\n\
+             wrk.headers[\"Content-Type\"] = \"application/x-www-form-urlencoded\"\n\
+             wrk.headers[\"HX-Request\"] = \"true\"\nwrk.headers[\"X-CSRF-Token\"] = \"{csrf}\"\n\
+             wrk.headers[\"Cookie\"] = \"{cookie}\"\n"
+        ),
+    )?;
+
+    let mut rows = Vec::new();
+    rows.push(run_wrk("GET / signed out", &format!("{base}/"), &[], &app)?);
+    rows.push(run_wrk(
+        "GET / signed in, with a quote",
+        &format!("{base}/"),
+        &["-H", &cookie_header],
+        &app,
+    )?);
+    rows.push(run_wrk(
+        "PUT /quote (htmx)",
+        &format!("{base}/quote"),
+        &["-s", put_script.to_str().unwrap_or_default()],
+        &app,
+    )?);
+    rows.push(run_wrk(
+        "GET /assets/htmx.min.js",
+        &format!("{base}/assets/htmx.min.js"),
+        &[],
+        &app,
+    )?);
+    let pgbench_tps = run_pgbench(&cluster)?;
+
+    let _ = app.kill();
+    let _ = app.wait();
+    pool.close().await;
+    tokio::task::block_in_place(|| cluster.stop());
+    let _ = std::fs::remove_dir_all(&dir);
+
+    println!();
+    println!(
+        "{} connections, {} s each, wrk -t2; idle RSS {:.1} MB",
+        CONNECTIONS, SECONDS, idle_rss
+    );
+    println!(
+        "{:<32} {:>10} {:>9} {:>9} {:>7} {:>12}",
+        "scenario", "req/s", "p50 ms", "p99 ms", "errors", "RSS MB"
+    );
+    for row in &rows {
+        println!(
+            "{:<32} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>12.1}",
+            row.name, row.rps, row.p50_ms, row.p99_ms, row.errors, row.rss_mb
+        );
+    }
+    println!("{:<32} {:>10.0}", "pgbench -S (same database)", pgbench_tps);
+    if let Some(signed_in) = rows.get(1) {
+        println!(
+            "signed-in GET / at {:.0}% of pgbench -S",
+            100.0 * signed_in.rps / pgbench_tps.max(1.0)
+        );
+    }
+    Ok(())
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn wait_until_up(base: &str) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if let Ok(response) = reqwest::get(format!("{base}/readyz")).await
+            && response.status().is_success()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("the app did not become ready")
+}
+
+/// A signed-in session with a quote, created through the app's own session store.
+async fn signed_in_user_with_quote(pool: &sqlx::PgPool) -> anyhow::Result<(String, String)> {
+    let mut cookie = String::new();
+    let csrf = "bench-csrf-token".to_owned();
+    for n in 0..USERS {
+        let user_id = format!("auth0|bench{n}");
+        sqlx::query("INSERT INTO users (user_id, email, name) VALUES ($1, $2, $3)")
+            .bind(&user_id)
+            .bind(format!("bench{n}@example.com"))
+            .bind(format!("Bench {n}"))
+            .execute(pool)
+            .await?;
+        sqlx::query(
+            "INSERT INTO user_messages (user_id, message) VALUES ($1, 'To measure is to know.')",
+        )
+        .bind(&user_id)
+        .execute(pool)
+        .await?;
+        let mut session = Session::new();
+        session.insert("created_at", chrono::Utc::now().timestamp())?;
+        session.insert("csrf_token", &csrf)?;
+        session.insert(
+            "user",
+            SessionUser {
+                sub: user_id,
+                name: Some(format!("Bench {n}")),
+                email: Some(format!("bench{n}@example.com")),
+                email_verified: true,
+                picture: None,
+                roles: vec![],
+                id_token: None,
+            },
+        )?;
+        session.expire_in(Duration::from_secs(86_400));
+        let value = PgSessionStore::new(pool.clone())
+            .store_session(session)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no cookie value"))?;
+        if n == 0 {
+            cookie = format!("quotebook_session={value}");
+        }
+    }
+    Ok((cookie, csrf))
+}
+
+fn rss_mb(child: &Child) -> f64 {
+    std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn run_wrk(name: &'static str, url: &str, extra: &[&str], app: &Child) -> anyhow::Result<Row> {
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        "-t2",
+        &format!("-c{CONNECTIONS}"),
+        &format!("-d{SECONDS}s"),
+        "--latency",
+    ])
+    .args(extra)
+    .arg(url);
+    let child = cmd.stdout(Stdio::piped()).spawn()?;
+    // RSS under load: sample half-way through the run.
+    std::thread::sleep(Duration::from_secs(u64::from(SECONDS) / 2));
+    let rss = rss_mb(app);
+    let output = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    let percentile = |p: &str| {
+        text.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(p))
+            .map(|v| parse_duration_ms(v.trim()))
+            .unwrap_or(f64::NAN)
+    };
+    let non_2xx = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let socket_errors = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Socket errors:"))
+        .map(|v| {
+            v.split(',')
+                .filter_map(|part| part.split_whitespace().nth(1))
+                .filter_map(|n| n.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    Ok(Row {
+        name,
+        rps,
+        p50_ms: percentile("50%"),
+        p99_ms: percentile("99%"),
+        errors: non_2xx + socket_errors,
+        rss_mb: rss,
+    })
+}
+
+fn parse_duration_ms(value: &str) -> f64 {
+    let split = value
+        .find(|c: char| c.is_alphabetic())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: f64 = number.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => number / 1000.0,
+        "ms" => number,
+        "s" => number * 1000.0,
+        "m" => number * 60_000.0,
+        _ => f64::NAN,
+    }
+}
+
+fn run_pgbench(cluster: &LocalPostgres) -> anyhow::Result<f64> {
+    let socket = cluster.socket_dir().to_path_buf();
+    let pgbench = |args: &[&str]| {
+        Command::new("pgbench")
+            .args(["-h", socket.to_str().unwrap_or_default(), "-U", "postgres"])
+            .args(args)
+            .output()
+    };
+    let init = pgbench(&["-i", "-s", "1", "-q", "bench"])?;
+    anyhow::ensure!(
+        init.status.success(),
+        "pgbench -i failed: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let run = pgbench(&[
+        "-S",
+        "-c",
+        &CONNECTIONS.to_string(),
+        "-j",
+        "2",
+        "-T",
+        &SECONDS.to_string(),
+        "bench",
+    ])?;
+    let text = String::from_utf8_lossy(&run.stdout);
+    Ok(text
+        .lines()
+        .find(|l| l.starts_with("tps ="))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0))
+}

@@ -1,0 +1,208 @@
+//! Real-browser scenarios (headless Chromium through chromedriver) against the real app and the
+//! emulator. A failing scenario leaves a screenshot in `target/browser-screenshots/`.
+//! Under `CI=true` a missing browser fails the run; locally the test says how to install it.
+
+use std::path::PathBuf;
+
+use crate::{
+    helpers::{TestApp, spawn_app},
+    webdriver::{Browser, Result, find_browser},
+};
+
+/// The browser, or `None` (with instructions) when it is missing outside CI.
+async fn browser() -> Option<Browser> {
+    if let Err(missing) = find_browser() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{missing}");
+        }
+        eprintln!("skipping browser test: {missing}");
+        return None;
+    }
+    Some(
+        Browser::start()
+            .await
+            .unwrap_or_else(|err| panic!("browser did not start: {err}")),
+    )
+}
+
+fn screenshot_path(scenario: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    target
+        .join("browser-screenshots")
+        .join(format!("{scenario}.png"))
+}
+
+async fn fail_with_screenshot(browser: &Browser, scenario: &str, err: String) -> ! {
+    let path = screenshot_path(scenario);
+    let saved = browser.screenshot(&path).await;
+    let source = browser.source().await.unwrap_or_default();
+    panic!(
+        "{scenario}: {err}\nscreenshot: {} ({saved:?})\npage source:\n{}",
+        path.display(),
+        &source[..source.len().min(4000)]
+    );
+}
+
+/// With `QUOTEBOOK_SCREENSHOTS=dir`, keeps a picture of each step (used for the README).
+async fn snapshot(browser: &Browser, step: &str) -> Result<()> {
+    match std::env::var_os("QUOTEBOOK_SCREENSHOTS") {
+        Some(dir) => {
+            browser
+                .screenshot(&PathBuf::from(dir).join(format!("{step}.png")))
+                .await
+        }
+        None => Ok(()),
+    }
+}
+
+/// Clicks "Log in", signs in on the emulator's page as `email`, lands back on the app.
+async fn log_in(browser: &Browser, app: &TestApp, email: &str) -> Result<()> {
+    browser.goto(&app.url("/")).await?;
+    let login = browser
+        .wait_for("header a.button[href='/auth/login']")
+        .await?;
+    browser.click(&login).await?;
+    let email_box = browser.wait_for("input[name='email']").await?;
+    browser.type_text(&email_box, email).await?;
+    let continue_button = browser.find("button.primary").await?;
+    browser.click(&continue_button).await?;
+    browser.wait_for(".welcome").await?;
+    let url = browser.current_url().await?;
+    if !url.starts_with(&app.address) {
+        return Err(format!("expected to be back on the app, at {url}"));
+    }
+    Ok(())
+}
+
+async fn quote_scenario(browser: &Browser, app: &TestApp) -> Result<()> {
+    log_in(browser, app, "browser@example.com").await?;
+    // Survives only as long as no full page load happens.
+    browser
+        .execute("window.__quotebookMarker = 42; return true;")
+        .await?;
+    let still_same_page = "return window.__quotebookMarker === 42;";
+
+    let textarea = browser.wait_for("textarea#message").await?;
+    browser
+        .type_text(&textarea, "The best way out is always through.")
+        .await?;
+    browser
+        .click(&browser.find("#quote button[type='submit']").await?)
+        .await?;
+    let quote = browser.wait_for("#quote blockquote.quote").await?;
+    let text = browser.text(&quote).await?;
+    if text != "The best way out is always through." {
+        return Err(format!("saved quote shows {text:?}"));
+    }
+    browser
+        .wait_until(
+            "the saved status",
+            "return document.querySelector('#status').textContent.includes('saved');",
+        )
+        .await?;
+    browser
+        .wait_until("no full page load after save", still_same_page)
+        .await?;
+    snapshot(browser, "saved").await?;
+
+    // Edit in place: the form replaces the card and the textarea takes focus.
+    browser
+        .click(&browser.find("#quote a.button[href='/quote/edit']").await?)
+        .await?;
+    let textarea = browser.wait_for("#quote textarea#message").await?;
+    browser
+        .wait_until(
+            "focus on the textarea",
+            "return document.activeElement && document.activeElement.id === 'message';",
+        )
+        .await?;
+    // An inline validation error: empty text.
+    browser.clear(&textarea).await?;
+    browser
+        .click(&browser.find("#quote button[type='submit']").await?)
+        .await?;
+    let error = browser.wait_for("#quote .field-error").await?;
+    let message = browser.text(&error).await?;
+    if !message.contains("Write a quote first.") {
+        return Err(format!("validation message was {message:?}"));
+    }
+    browser
+        .wait_until("no full page load after 422", still_same_page)
+        .await?;
+    snapshot(browser, "validation").await?;
+
+    // Cancel restores the saved quote.
+    browser
+        .click(&browser.find("#quote a.button.secondary").await?)
+        .await?;
+    let quote = browser.wait_for("#quote blockquote.quote").await?;
+    if browser.text(&quote).await? != "The best way out is always through." {
+        return Err("cancel did not restore the saved quote".into());
+    }
+
+    // Edit and save a new text.
+    browser
+        .click(&browser.find("#quote a.button[href='/quote/edit']").await?)
+        .await?;
+    let textarea = browser.wait_for("#quote textarea#message").await?;
+    browser.clear(&textarea).await?;
+    browser
+        .type_text(&textarea, "Edited in the browser ✨")
+        .await?;
+    browser
+        .click(&browser.find("#quote button[type='submit']").await?)
+        .await?;
+    browser
+        .wait_until(
+            "the edited quote",
+            "const q = document.querySelector('#quote blockquote.quote'); return !!q && q.textContent === 'Edited in the browser ✨';",
+        )
+        .await?;
+
+    // Delete asks for confirmation, then swaps in the empty form.
+    browser
+        .click(&browser.find("#quote button.danger").await?)
+        .await?;
+    browser.accept_alert().await?;
+    browser.wait_for("#quote textarea#message").await?;
+    browser
+        .wait_until("no full page load after delete", still_same_page)
+        .await?;
+    let stored: Option<String> = sqlx::query_scalar("SELECT message FROM user_messages")
+        .fetch_optional(&app.db)
+        .await
+        .map_err(|e| e.to_string())?;
+    if stored.is_some() {
+        return Err(format!("the quote is still stored: {stored:?}"));
+    }
+
+    // Log out: through the provider and back, signed out.
+    browser
+        .click(
+            &browser
+                .find("header form[action='/auth/logout'] button")
+                .await?,
+        )
+        .await?;
+    browser
+        .wait_for("header a.button[href='/auth/login']")
+        .await?;
+    let url = browser.current_url().await?;
+    if !url.starts_with(&app.address) {
+        return Err(format!("logout should return to the app, at {url}"));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_saves_edits_cancels_and_deletes_a_quote_in_place() {
+    let Some(browser) = browser().await else {
+        return;
+    };
+    let app = spawn_app().await;
+    if let Err(err) = quote_scenario(&browser, &app).await {
+        fail_with_screenshot(&browser, "quote", err).await;
+    }
+}
