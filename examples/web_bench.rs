@@ -71,18 +71,28 @@ async fn main() -> anyhow::Result<()> {
     wait_until_up(&base).await?;
 
     let pool = sqlx::PgPool::connect_with(cluster.connect_options("bench")).await?;
-    let (cookie, csrf) = signed_in_user_with_quote(&pool).await?;
+    let (cookies, csrf) = signed_in_users_with_quotes(&pool).await?;
     let idle_rss = rss_mb(&app);
 
-    let cookie_header = format!("Cookie: {cookie}");
+    // Each request comes from the next of USERS signed-in people, as on a real site.
+    let cookie_list = cookies
+        .iter()
+        .map(|c| format!("\"{c}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rotate = format!(
+        "cookies = {{ {cookie_list} }}\ni = 0\n\
+         request = function()\n  i = i % #cookies + 1\n  wrk.headers[\"Cookie\"] = cookies[i]\n  return wrk.format()\nend\n"
+    );
+    let get_script = dir.join("get.lua");
+    std::fs::write(&get_script, &rotate)?;
     let put_script = dir.join("put.lua");
     std::fs::write(
         &put_script,
         format!(
-            "wrk.method = \"PUT\"\nwrk.body = \"message=Benchmarking+is+a+kind+of+listening.\"\n\
+            "{rotate}wrk.method = \"PUT\"\nwrk.body = \"message=Benchmarking+is+a+kind+of+listening.\"\n\
              wrk.headers[\"Content-Type\"] = \"application/x-www-form-urlencoded\"\n\
-             wrk.headers[\"HX-Request\"] = \"true\"\nwrk.headers[\"X-CSRF-Token\"] = \"{csrf}\"\n\
-             wrk.headers[\"Cookie\"] = \"{cookie}\"\n"
+             wrk.headers[\"HX-Request\"] = \"true\"\nwrk.headers[\"X-CSRF-Token\"] = \"{csrf}\"\n"
         ),
     )?;
 
@@ -91,7 +101,7 @@ async fn main() -> anyhow::Result<()> {
     rows.push(run_wrk(
         "GET / signed in, with a quote",
         &format!("{base}/"),
-        &["-H", &cookie_header],
+        &["-s", get_script.to_str().unwrap_or_default()],
         &app,
     )?);
     rows.push(run_wrk(
@@ -157,9 +167,9 @@ async fn wait_until_up(base: &str) -> anyhow::Result<()> {
     anyhow::bail!("the app did not become ready")
 }
 
-/// A signed-in session with a quote, created through the app's own session store.
-async fn signed_in_user_with_quote(pool: &sqlx::PgPool) -> anyhow::Result<(String, String)> {
-    let mut cookie = String::new();
+/// Signed-in sessions with a quote each, created through the app's own session store.
+async fn signed_in_users_with_quotes(pool: &sqlx::PgPool) -> anyhow::Result<(Vec<String>, String)> {
+    let mut cookies = Vec::new();
     let csrf = "bench-csrf-token".to_owned();
     for n in 0..USERS {
         let user_id = format!("auth0|bench{n}");
@@ -195,11 +205,9 @@ async fn signed_in_user_with_quote(pool: &sqlx::PgPool) -> anyhow::Result<(Strin
             .store_session(session)
             .await?
             .ok_or_else(|| anyhow::anyhow!("no cookie value"))?;
-        if n == 0 {
-            cookie = format!("quotebook_session={value}");
-        }
+        cookies.push(format!("quotebook_session={value}"));
     }
-    Ok((cookie, csrf))
+    Ok((cookies, csrf))
 }
 
 fn rss_mb(child: &Child) -> f64 {

@@ -55,9 +55,12 @@ pub async fn connect(
         .max_connections(settings.max_connections)
         .min_connections(0)
         .acquire_timeout(settings.acquire_timeout)
-        .idle_timeout(Duration::from_secs(300))
-        // A suspended Neon compute kills its connections; check before handing one out.
-        .test_before_acquire(true)
+        // Close idle connections before Neon suspends an idle compute (after 5 minutes) kills
+        // them, so a quiet app wakes with fresh connections instead of dead ones. Pinging every
+        // connection before use (sqlx's default) would double the round trips of every page.
+        .idle_timeout(Duration::from_secs(240))
+        .max_lifetime(Duration::from_secs(1800))
+        .test_before_acquire(false)
         .connect_lazy_with(options);
 
     let mut delay = Duration::from_millis(200);
