@@ -13,4 +13,5 @@ pub mod observability;
 pub mod quotes;
 pub mod startup;
 pub mod telemetry;
+pub mod users;
 pub mod web;

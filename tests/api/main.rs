@@ -8,4 +8,5 @@ mod foundation;
 mod hardening;
 mod helpers;
 mod quotes;
+mod sync;
 mod webdriver;

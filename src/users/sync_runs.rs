@@ -1,0 +1,351 @@
+//! The `sync_runs` table: one row per sync, the history and progress the admin page shows.
+//!
+//! "One sync at a time" is the unique partial index `sync_runs_one_in_flight`: a trigger inserts
+//! a queued row with `ON CONFLICT DO NOTHING`, and when that conflicts it returns the run in
+//! flight instead. This holds across any number of instances without a lock.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgExecutor, PgPool};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    Full,
+    Incremental,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncTrigger {
+    Schedule,
+    Admin,
+    Cli,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+macro_rules! text_enum {
+    ($ty:ty { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $ty {
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+            pub fn parse(text: &str) -> Option<Self> {
+                match text { $($text => Some(Self::$variant),)+ _ => None }
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+text_enum!(SyncMode { Full => "full", Incremental => "incremental" });
+text_enum!(SyncTrigger { Schedule => "schedule", Admin => "admin", Cli => "cli" });
+text_enum!(RunStatus { Queued => "queued", Running => "running", Succeeded => "succeeded", Failed => "failed" });
+
+impl RunStatus {
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed)
+    }
+}
+
+/// One sync run as stored (and as the admin API returns it).
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncRun {
+    pub id: i64,
+    pub trigger: SyncTrigger,
+    pub mode: SyncMode,
+    pub status: RunStatus,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub fetched: i32,
+    pub upserted: i32,
+    pub deleted: i32,
+    pub pages: i32,
+    /// Users Auth0 reported for this run, when known (progress = fetched / total).
+    pub total: Option<i32>,
+    pub attempts: i32,
+    pub error: Option<String>,
+}
+
+impl SyncRun {
+    /// 0-100 when the total is known.
+    pub fn percent(&self) -> Option<u8> {
+        let total = self.total.filter(|t| *t > 0)?;
+        if self.status == RunStatus::Succeeded {
+            return Some(100);
+        }
+        Some(((i64::from(self.fetched) * 100 / i64::from(total)).clamp(0, 100)) as u8)
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: i64,
+    trigger: String,
+    mode: String,
+    status: String,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    fetched: i32,
+    upserted: i32,
+    deleted: i32,
+    pages: i32,
+    total: Option<i32>,
+    attempts: i32,
+    error: Option<String>,
+}
+
+impl TryFrom<Row> for SyncRun {
+    type Error = sqlx::Error;
+
+    fn try_from(row: Row) -> Result<Self, Self::Error> {
+        // The table's CHECK constraints make these total; a failure means a schema drift.
+        let bad = |column: &str, value: &str| {
+            sqlx::Error::Decode(format!("sync_runs.{column} has unknown value {value:?}").into())
+        };
+        Ok(Self {
+            id: row.id,
+            trigger: SyncTrigger::parse(&row.trigger)
+                .ok_or_else(|| bad("trigger", &row.trigger))?,
+            mode: SyncMode::parse(&row.mode).ok_or_else(|| bad("mode", &row.mode))?,
+            status: RunStatus::parse(&row.status).ok_or_else(|| bad("status", &row.status))?,
+            created_at: row.created_at,
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+            fetched: row.fetched,
+            upserted: row.upserted,
+            deleted: row.deleted,
+            pages: row.pages,
+            total: row.total,
+            attempts: row.attempts,
+            error: row.error,
+        })
+    }
+}
+
+const COLUMNS: &str = "id, trigger, mode, status, created_at, started_at, finished_at, fetched, \
+                       upserted, deleted, pages, total, attempts, error";
+
+/// A queued or running row whose heartbeat is older than this belongs to a dead process.
+pub const STALE_AFTER_MINUTES: i32 = 15;
+
+fn select(rest: &str) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM sync_runs {rest}"))
+}
+
+/// Creates a queued run, or returns the run in flight (`created = false`).
+///
+/// `schedule_key` identifies a cron tick: when another instance already created the run for the
+/// same tick, that run comes back (`created = false`) even if it has finished.
+pub async fn create_or_in_flight(
+    conn: &mut PgConnection,
+    mode: SyncMode,
+    trigger: SyncTrigger,
+    schedule_key: Option<&str>,
+) -> Result<(SyncRun, bool), sqlx::Error> {
+    fail_stale(&mut *conn).await?;
+    // A conflict followed by the in-flight run finishing before we read it is possible: retry.
+    for _ in 0..5 {
+        let inserted: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO sync_runs (trigger, mode, status, schedule_key) VALUES ($1, $2, 'queued', $3)
+             ON CONFLICT DO NOTHING RETURNING {COLUMNS}"
+        )))
+        .bind(trigger.as_str())
+        .bind(mode.as_str())
+        .bind(schedule_key)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(row) = inserted {
+            return Ok((row.try_into()?, true));
+        }
+        if let Some(run) = in_flight(&mut *conn).await? {
+            return Ok((run, false));
+        }
+        if let Some(key) = schedule_key {
+            let row: Option<Row> = sqlx::query_as(select("WHERE schedule_key = $1"))
+                .bind(key)
+                .fetch_optional(&mut *conn)
+                .await?;
+            if let Some(row) = row {
+                return Ok((row.try_into()?, false));
+            }
+        }
+    }
+    Err(sqlx::Error::Protocol(
+        "sync_runs: could not create a run nor find the one in flight".into(),
+    ))
+}
+
+/// Fails queued/running rows nobody has touched for [`STALE_AFTER_MINUTES`] (a killed CLI run, or
+/// a queued run no worker ever took), so they stop blocking new runs.
+async fn fail_stale(db: impl PgExecutor<'_>) -> Result<u64, sqlx::Error> {
+    let result = sqlx::query(
+        "UPDATE sync_runs SET status = 'failed', finished_at = now(),
+             error = coalesce(error || '; ', '') || 'abandoned: no progress for ' || $1 || ' minutes'
+         WHERE status IN ('queued', 'running')
+           AND heartbeat_at < now() - make_interval(mins => $1)",
+    )
+    .bind(STALE_AFTER_MINUTES)
+    .execute(db)
+    .await?;
+    if result.rows_affected() > 0 {
+        tracing::warn!(
+            runs = result.rows_affected(),
+            "failed abandoned sync runs (no progress)"
+        );
+    }
+    Ok(result.rows_affected())
+}
+
+pub async fn in_flight(db: impl PgExecutor<'_>) -> Result<Option<SyncRun>, sqlx::Error> {
+    let row: Option<Row> = sqlx::query_as(select("WHERE status IN ('queued', 'running')"))
+        .fetch_optional(db)
+        .await?;
+    row.map(SyncRun::try_from).transpose()
+}
+
+pub async fn get(db: &PgPool, id: i64) -> Result<Option<SyncRun>, sqlx::Error> {
+    let row: Option<Row> = sqlx::query_as(select("WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(db)
+        .await?;
+    row.map(SyncRun::try_from).transpose()
+}
+
+/// The latest runs, newest first.
+pub async fn recent(db: &PgPool, limit: u32) -> Result<Vec<SyncRun>, sqlx::Error> {
+    let rows: Vec<Row> = sqlx::query_as(select("ORDER BY created_at DESC, id DESC LIMIT $1"))
+        .bind(i64::from(limit.clamp(1, 1000)))
+        .fetch_all(db)
+        .await?;
+    rows.into_iter().map(SyncRun::try_from).collect()
+}
+
+/// Moves a queued (or interrupted running) run to running for a new attempt. Counters restart
+/// because the attempt refetches everything; `started_at` keeps the first attempt's time, which
+/// is what the deletion pass compares against. `None` when the run is unknown or finished.
+pub async fn start_attempt(db: &PgPool, id: i64) -> Result<Option<SyncRun>, sqlx::Error> {
+    let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE sync_runs SET status = 'running', started_at = coalesce(started_at, now()),
+             attempts = attempts + 1, heartbeat_at = now(),
+             fetched = 0, upserted = 0, deleted = 0, pages = 0
+         WHERE id = $1 AND status IN ('queued', 'running')
+         RETURNING {COLUMNS}"
+    )))
+    .bind(id)
+    .fetch_optional(db)
+    .await?;
+    row.map(SyncRun::try_from).transpose()
+}
+
+/// Counters as a run goes; also its heartbeat.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub fetched: u64,
+    pub upserted: u64,
+    pub deleted: u64,
+    pub pages: u64,
+    pub total: Option<u64>,
+}
+
+fn int(n: u64) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+pub async fn record_progress(
+    db: impl PgExecutor<'_>,
+    id: i64,
+    progress: &Progress,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE sync_runs SET fetched = $2, upserted = $3, deleted = $4, pages = $5,
+             total = coalesce($6, total), heartbeat_at = now()
+         WHERE id = $1 AND status = 'running'",
+    )
+    .bind(id)
+    .bind(int(progress.fetched))
+    .bind(int(progress.upserted))
+    .bind(int(progress.deleted))
+    .bind(int(progress.pages))
+    .bind(progress.total.map(int))
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Ends a run as succeeded with its final counters (and clears the error of a failed attempt).
+pub async fn finish(
+    db: &PgPool,
+    id: i64,
+    progress: &Progress,
+) -> Result<Option<SyncRun>, sqlx::Error> {
+    let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE sync_runs SET status = 'succeeded', finished_at = now(), heartbeat_at = now(),
+             error = NULL, fetched = $2, upserted = $3, deleted = $4, pages = $5,
+             total = coalesce($6, total)
+         WHERE id = $1 AND status IN ('queued', 'running')
+         RETURNING {COLUMNS}"
+    )))
+    .bind(id)
+    .bind(int(progress.fetched))
+    .bind(int(progress.upserted))
+    .bind(int(progress.deleted))
+    .bind(int(progress.pages))
+    .bind(progress.total.map(int))
+    .fetch_optional(db)
+    .await?;
+    row.map(SyncRun::try_from).transpose()
+}
+
+/// Ends a run as failed, keeping the counters it reached.
+pub async fn fail(db: &PgPool, id: i64, error: &str) -> Result<Option<SyncRun>, sqlx::Error> {
+    let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE sync_runs SET status = 'failed', finished_at = now(), heartbeat_at = now(), error = $2
+         WHERE id = $1 AND status IN ('queued', 'running')
+         RETURNING {COLUMNS}"
+    )))
+    .bind(id)
+    .bind(error)
+    .fetch_optional(db)
+    .await?;
+    row.map(SyncRun::try_from).transpose()
+}
+
+/// An attempt failed and another will follow: back to queued with the reason on show.
+pub async fn requeue(db: &PgPool, id: i64, error: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE sync_runs SET status = 'queued', heartbeat_at = now(), error = $2
+         WHERE id = $1 AND status IN ('queued', 'running')",
+    )
+    .bind(id)
+    .bind(error)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// A run changed to the other mode before starting (an incremental without a watermark runs as
+/// a full sync).
+pub async fn set_mode(db: &PgPool, id: i64, mode: SyncMode) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE sync_runs SET mode = $2 WHERE id = $1")
+        .bind(id)
+        .bind(mode.as_str())
+        .execute(db)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,655 @@
+//! The user sync against the Auth0 emulator and a real database (issue 6).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use quotebook::{
+    config::Secret,
+    emulator::{Emulator, EmulatorConfig, NewUser, UserPatch},
+    users::{
+        auth0_api::{ApiOptions, ManagementApi},
+        auth0_user::Auth0User,
+        foreground, job, store,
+        sync::{SyncOptions, Syncer},
+        sync_runs::{self, RunStatus, SyncMode, SyncRun, SyncTrigger},
+    },
+};
+use sqlx::{PgPool, postgres::PgPoolOptions};
+
+use crate::helpers::cluster;
+
+/// A database of its own (dropped afterwards) and an emulated tenant.
+struct Fixture {
+    emulator: Emulator,
+    db: PgPool,
+    syncer: Syncer,
+    db_name: String,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.emulator.shutdown();
+        cluster().drop_database(std::mem::take(&mut self.db_name));
+    }
+}
+
+fn fast_api_options() -> ApiOptions {
+    ApiOptions {
+        request_timeout: Duration::from_secs(2),
+        backoff_base: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        ..ApiOptions::default()
+    }
+}
+
+async fn fixture(seed: usize) -> Fixture {
+    fixture_with(seed, fast_api_options(), SyncOptions::default()).await
+}
+
+/// The incremental search normally re-reads a minute before the watermark (search is eventually
+/// consistent); without that overlap, `fetched` counts exactly the changes.
+async fn no_overlap_fixture(seed: usize) -> Fixture {
+    let options = SyncOptions {
+        search_overlap: Duration::ZERO,
+        ..SyncOptions::default()
+    };
+    fixture_with(seed, fast_api_options(), options).await
+}
+
+async fn fixture_with(seed: usize, api: ApiOptions, options: SyncOptions) -> Fixture {
+    quotebook::telemetry::init(false);
+    let emulator = Emulator::start(EmulatorConfig::for_tests())
+        .await
+        .expect("emulator starts");
+    emulator.users().seed(seed);
+    let cluster = cluster();
+    let db_name = cluster.create_database().await;
+    let db = PgPoolOptions::new()
+        .max_connections(6)
+        .connect_with(cluster.options(&db_name))
+        .await
+        .expect("test pool");
+    job::setup(&db).await.expect("apalis schema");
+    let api = ManagementApi::new(
+        emulator.issuer(),
+        quotebook::config::DEV_CLIENT_ID,
+        Secret::new(quotebook::config::DEV_CLIENT_SECRET),
+        api,
+    )
+    .expect("api client");
+    Fixture {
+        syncer: Syncer::new(db.clone(), api, options),
+        emulator,
+        db,
+        db_name,
+    }
+}
+
+impl Fixture {
+    /// Creates a run and executes it here (as `quotebook sync` does).
+    async fn sync(&self, mode: SyncMode) -> SyncRun {
+        let run = foreground::sync_in_foreground(&self.syncer, mode, false)
+            .await
+            .expect("sync runs");
+        assert_eq!(
+            run.status,
+            RunStatus::Succeeded,
+            "run failed: {:?}",
+            run.error
+        );
+        run
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(&self.db)
+            .await
+            .expect("count query")
+    }
+
+    async fn live_users(&self) -> i64 {
+        self.count("SELECT count(*) FROM users WHERE deleted_at IS NULL")
+            .await
+    }
+
+    /// Every emulator user is in the table with its email and `updated_at`.
+    async fn assert_mirrors_tenant(&self) {
+        let expected = self.emulator.users().count() as i64;
+        assert_eq!(self.live_users().await, expected);
+        let rows: Vec<(String, Option<String>, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "SELECT user_id, email, auth0_updated_at FROM users WHERE deleted_at IS NULL",
+        )
+        .fetch_all(&self.db)
+        .await
+        .expect("rows");
+        for (user_id, email, updated_at) in rows {
+            let user = self
+                .emulator
+                .users()
+                .get(&user_id)
+                .unwrap_or_else(|| panic!("{user_id} is in the table but not in the tenant"));
+            assert_eq!(email.as_deref(), Some(user.email.as_str()));
+            assert_eq!(
+                updated_at.map(|t| t.timestamp_millis()),
+                Some(user.updated_at.timestamp_millis())
+            );
+        }
+    }
+}
+
+async fn full_sync_of(n: usize) -> (Fixture, SyncRun) {
+    let f = fixture(n).await;
+    let run = f.sync(SyncMode::Full).await;
+    assert_eq!(run.fetched as usize, n);
+    assert_eq!(run.upserted as usize, n);
+    assert_eq!(run.total, Some(n as i32));
+    assert_eq!(run.deleted, 0);
+    f.assert_mirrors_tenant().await;
+    (f, run)
+}
+
+#[tokio::test]
+async fn full_sync_of_an_empty_tenant() {
+    let (f, run) = full_sync_of(0).await;
+    assert_eq!(run.pages, 1);
+    assert_eq!(f.live_users().await, 0);
+}
+
+#[tokio::test]
+async fn full_sync_of_one_user() {
+    let (f, _) = full_sync_of(1).await;
+    let admin = f
+        .emulator
+        .users()
+        .find_by_email("admin@example.com")
+        .unwrap();
+    let row = store::get(&f.db, &admin.user_id)
+        .await
+        .unwrap()
+        .expect("the admin user");
+    assert_eq!(row.email.as_deref(), Some("admin@example.com"));
+    assert!(row.synced_at.is_some());
+}
+
+#[tokio::test]
+async fn full_sync_of_250_users_pages() {
+    let (_, run) = full_sync_of(250).await;
+    assert_eq!(run.pages, 3);
+}
+
+#[tokio::test]
+async fn full_sync_of_1000_users_pages_to_the_cap() {
+    let (_, run) = full_sync_of(1000).await;
+    assert_eq!(run.pages, 10);
+}
+
+#[tokio::test]
+async fn full_sync_of_1001_users_uses_an_export() {
+    let (f, _) = full_sync_of(1001).await;
+    // Paging would need 11 listing calls; the export path needs a handful.
+    assert!(f.emulator.faults().management_requests() < 11);
+}
+
+#[tokio::test]
+async fn full_sync_of_5000_users_uses_an_export() {
+    let (f, run) = full_sync_of(5000).await;
+    assert_eq!(run.pages, 5, "five batches of 1000");
+    assert!(f.emulator.faults().management_requests() < 20);
+    // Idempotent: a second full sync changes nothing and deletes nobody.
+    let again = f.sync(SyncMode::Full).await;
+    assert_eq!(again.fetched, 5000);
+    assert_eq!(again.deleted, 0);
+    f.assert_mirrors_tenant().await;
+}
+
+#[tokio::test]
+async fn incremental_follows_creates_and_updates_and_full_marks_deletes() {
+    let f = fixture(120).await;
+    f.sync(SyncMode::Full).await;
+    let users = f.emulator.users();
+    let ids: Vec<String> = all_ids(&f).await;
+
+    for i in 0..5 {
+        users
+            .create(NewUser::with_email(format!("new{i}@example.com")))
+            .unwrap();
+    }
+    users
+        .update(
+            &ids[0],
+            UserPatch {
+                name: Some("Renamed Person".to_owned()),
+                ..UserPatch::default()
+            },
+        )
+        .unwrap();
+    assert!(users.delete(&ids[1]));
+    assert!(users.delete(&ids[2]));
+
+    let run = f.sync(SyncMode::Incremental).await;
+    assert_eq!(run.mode, SyncMode::Incremental);
+    assert!(
+        run.fetched >= 6 && run.fetched < 120,
+        "only the changes: {}",
+        run.fetched
+    );
+    assert_eq!(f.count("SELECT count(*) FROM users").await, 125);
+    let renamed = store::get(&f.db, &ids[0]).await.unwrap().unwrap();
+    assert_eq!(renamed.name.as_deref(), Some("Renamed Person"));
+    // Search cannot return deleted users: only a full sync can notice them.
+    assert_eq!(f.live_users().await, 125);
+
+    let full = f.sync(SyncMode::Full).await;
+    assert_eq!(full.deleted, 2);
+    f.assert_mirrors_tenant().await;
+    let deleted = store::get(&f.db, &ids[1]).await.unwrap().unwrap();
+    assert!(deleted.deleted_at.is_some());
+}
+
+#[tokio::test]
+async fn incremental_without_a_watermark_runs_a_full_sync() {
+    let f = fixture(30).await;
+    let run = f.sync(SyncMode::Incremental).await;
+    assert_eq!(run.mode, SyncMode::Full);
+    assert_eq!(run.fetched, 30);
+    assert!(f.syncer.watermark().await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn equal_timestamps_across_page_boundaries_are_neither_lost_nor_doubled() {
+    let f = no_overlap_fixture(10).await;
+    f.sync(SyncMode::Full).await;
+    // 250 users share one updated_at, so pages of 100 split them twice.
+    let stamp = Utc::now() + chrono::Duration::seconds(5);
+    for i in 0..250 {
+        f.emulator
+            .users()
+            .create(NewUser {
+                updated_at: Some(stamp),
+                created_at: Some(stamp),
+                ..NewUser::with_email(format!("same{i}@example.com"))
+            })
+            .unwrap();
+    }
+    let run = f.sync(SyncMode::Incremental).await;
+    let same = f
+        .count("SELECT count(*) FROM users WHERE email LIKE 'same%'")
+        .await;
+    assert_eq!(same, 250);
+    assert_eq!(run.fetched, 250, "each user counted once");
+    assert_eq!(
+        f.syncer
+            .watermark()
+            .await
+            .unwrap()
+            .map(|t| t.timestamp_millis()),
+        Some(stamp.timestamp_millis())
+    );
+    f.assert_mirrors_tenant().await;
+}
+
+#[tokio::test]
+async fn an_incremental_walks_past_the_1000_result_cap() {
+    let f = no_overlap_fixture(1).await;
+    f.sync(SyncMode::Full).await;
+    let base = Utc::now() + chrono::Duration::seconds(5);
+    for i in 0..1250 {
+        f.emulator
+            .users()
+            .create(NewUser {
+                // Pairs share a millisecond: page edges land inside a timestamp too.
+                updated_at: Some(base + chrono::Duration::milliseconds(i / 2)),
+                ..NewUser::with_email(format!("many{i}@example.com"))
+            })
+            .unwrap();
+    }
+    let run = f.sync(SyncMode::Incremental).await;
+    assert_eq!(run.mode, SyncMode::Incremental);
+    assert_eq!(run.fetched, 1250);
+    f.assert_mirrors_tenant().await;
+}
+
+#[tokio::test]
+async fn deletions_are_marked_and_quotes_kept() {
+    let f = fixture(40).await;
+    f.sync(SyncMode::Full).await;
+    let ids = all_ids(&f).await;
+    sqlx::query("INSERT INTO user_messages (user_id, message) VALUES ($1, 'kept')")
+        .bind(&ids[3])
+        .execute(&f.db)
+        .await
+        .unwrap();
+    for id in &ids[..5] {
+        assert!(f.emulator.users().delete(id));
+    }
+    let run = f.sync(SyncMode::Full).await;
+    assert_eq!(run.deleted, 5);
+    assert_eq!(f.live_users().await, 35);
+    assert_eq!(
+        f.count("SELECT count(*) FROM user_messages").await,
+        1,
+        "the quote stays until the purge"
+    );
+    // Deleted long enough ago: the purge takes the quote, the row stays as a record.
+    sqlx::query(
+        "UPDATE users SET deleted_at = now() - interval '31 days' WHERE deleted_at IS NOT NULL",
+    )
+    .execute(&f.db)
+    .await
+    .unwrap();
+    f.sync(SyncMode::Full).await;
+    assert_eq!(f.count("SELECT count(*) FROM user_messages").await, 0);
+    assert_eq!(f.count("SELECT count(*) FROM users").await, 40);
+}
+
+#[tokio::test]
+async fn a_user_who_signed_in_during_a_full_sync_is_not_deleted() {
+    let f = fixture(20).await;
+    // A row written after the run started (by a sign-in) must survive the deletion pass even
+    // though the listing did not include it.
+    f.emulator.faults().set_latency(Duration::from_millis(100));
+    let syncer = f.syncer.clone();
+    let run = tokio::spawn(async move {
+        foreground::sync_in_foreground(&syncer, SyncMode::Full, false).await
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    sqlx::query("INSERT INTO users (user_id, email) VALUES ('auth0|fresh', 'fresh@example.com')")
+        .execute(&f.db)
+        .await
+        .unwrap();
+    let run = run.await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded);
+    assert_eq!(run.deleted, 0);
+    assert_eq!(f.live_users().await, 21);
+}
+
+#[tokio::test]
+async fn a_newer_row_is_never_replaced_by_an_older_profile() {
+    let f = fixture(0).await;
+    let profile = |name: &str, updated: &str| {
+        Auth0User::from_json(&format!(
+            r#"{{"user_id":"auth0|x","name":"{name}","updated_at":"{updated}"}}"#
+        ))
+        .unwrap()
+    };
+    store::upsert_batch(&f.db, &[profile("new", "2025-01-02T00:00:00.000Z")])
+        .await
+        .unwrap();
+    sqlx::query("UPDATE users SET deleted_at = now(), synced_at = now() - interval '1 hour'")
+        .execute(&f.db)
+        .await
+        .unwrap();
+    let outcome = store::upsert_batch(
+        &f.db,
+        &[
+            profile("old", "2025-01-01T00:00:00.000Z"),
+            profile("older", "2024-01-01T00:00:00.000Z"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome.upserted, 0);
+    assert_eq!(outcome.kept_newer, 1);
+    let row = store::get(&f.db, "auth0|x").await.unwrap().unwrap();
+    assert_eq!(row.name.as_deref(), Some("new"));
+    assert!(row.deleted_at.is_none(), "seen again: no longer deleted");
+    assert!(row.synced_at.unwrap() > Utc::now() - chrono::Duration::minutes(1));
+}
+
+#[tokio::test]
+async fn a_rate_limit_of_two_requests_per_second_still_completes() {
+    let f = fixture(250).await;
+    f.emulator.faults().set_rate_limit(Some(2));
+    let run = f.sync(SyncMode::Full).await;
+    assert_eq!(run.fetched, 250);
+    f.assert_mirrors_tenant().await;
+}
+
+#[tokio::test]
+async fn a_server_error_and_a_hang_mid_run_are_retried() {
+    let f = fixture(250).await;
+    // Token and first page succeed, then a 500, then a request that hangs past the timeout.
+    warm_up_token(&f).await;
+    f.emulator.faults().fail_next(1, 500);
+    f.emulator.faults().hang_next(1, Duration::from_secs(5));
+    let before = f.syncer.api().calls();
+    let run = f.sync(SyncMode::Full).await;
+    assert_eq!(run.fetched, 250);
+    assert_eq!(run.attempts, 1, "retried inside the attempt");
+    assert!(f.syncer.api().calls() - before >= 5, "3 pages + 2 retries");
+    f.assert_mirrors_tenant().await;
+}
+
+#[tokio::test]
+async fn persistent_failure_fails_the_run_with_the_reason() {
+    let f = fixture_with(
+        5,
+        ApiOptions {
+            max_attempts: 2,
+            ..fast_api_options()
+        },
+        SyncOptions::default(),
+    )
+    .await;
+    warm_up_token(&f).await;
+    f.emulator.faults().fail_next(100, 503);
+    let run = foreground::sync_in_foreground(&f.syncer, SyncMode::Full, false)
+        .await
+        .unwrap();
+    assert_eq!(run.status, RunStatus::Failed);
+    assert!(run.error.unwrap_or_default().contains("503"));
+    assert!(sync_runs::in_flight(&f.db).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn two_triggers_at_once_make_one_run() {
+    let f = fixture(0).await;
+    let (a, b) = tokio::join!(
+        job::trigger(&f.db, SyncMode::Full, SyncTrigger::Admin),
+        job::trigger(&f.db, SyncMode::Incremental, SyncTrigger::Admin),
+    );
+    let ((run_a, created_a), (run_b, created_b)) = (a.unwrap(), b.unwrap());
+    assert_eq!(run_a.id, run_b.id);
+    assert!(created_a ^ created_b, "exactly one trigger created the run");
+    assert_eq!(f.count("SELECT count(*) FROM sync_runs").await, 1);
+    assert_eq!(
+        f.count(&format!(
+            "SELECT count(*) FROM apalis.jobs WHERE job_type = '{}'",
+            job::QUEUE
+        ))
+        .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_schedule_tick_fired_by_several_instances_makes_one_run() {
+    let f = fixture(0).await;
+    let tick = 1_800_000_000;
+    let (a, b) = tokio::join!(
+        job::trigger_scheduled(&f.db, SyncMode::Incremental, tick),
+        job::trigger_scheduled(&f.db, SyncMode::Incremental, tick),
+    );
+    assert_eq!(a.unwrap().0.id, b.unwrap().0.id);
+    // The run finishes; an instance whose clock lags fires the same tick late: still no new run.
+    sqlx::query("UPDATE sync_runs SET status = 'succeeded'")
+        .execute(&f.db)
+        .await
+        .unwrap();
+    let (late, created) = job::trigger_scheduled(&f.db, SyncMode::Incremental, tick)
+        .await
+        .unwrap();
+    assert!(!created);
+    assert_eq!(late.status, RunStatus::Succeeded);
+    assert_eq!(f.count("SELECT count(*) FROM sync_runs").await, 1);
+}
+
+#[tokio::test]
+async fn the_worker_runs_a_triggered_sync() {
+    let f = fixture(150).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = spawn_worker(&f, async move {
+        let _ = stopped.await;
+    });
+    let (run, _) = job::trigger(&f.db, SyncMode::Full, SyncTrigger::Admin)
+        .await
+        .unwrap();
+    let run = wait_for_finish(&f, run.id, Duration::from_secs(20)).await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
+    assert_eq!(run.fetched, 150);
+    let _ = stop.send(());
+    worker.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_run_is_rerun_to_the_right_state() {
+    let f = fixture(900).await;
+    // A previous full sync, so a false deletion would show.
+    f.sync(SyncMode::Full).await;
+    f.emulator.faults().set_latency(Duration::from_millis(150));
+    let first = spawn_worker(&f, std::future::pending());
+    let (run, _) = job::trigger(&f.db, SyncMode::Full, SyncTrigger::Admin)
+        .await
+        .unwrap();
+    // Kill the worker once the run is part-way through its pages.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = sync_runs::get(&f.db, run.id).await.unwrap().unwrap();
+        if now.status == RunStatus::Running && now.pages >= 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run never got going"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.abort();
+    let _ = first.await;
+    let midway = sync_runs::get(&f.db, run.id).await.unwrap().unwrap();
+    assert_eq!(midway.status, RunStatus::Running);
+    f.emulator.faults().set_latency(Duration::ZERO);
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let second = spawn_worker(&f, async move {
+        let _ = stopped.await;
+    });
+    let done = wait_for_finish(&f, run.id, Duration::from_secs(30)).await;
+    assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.error);
+    assert!(done.attempts >= 2, "rerun after the kill");
+    assert_eq!(done.fetched, 900);
+    assert_eq!(done.deleted, 0, "no false deletions");
+    assert_eq!(f.count("SELECT count(*) FROM users").await, 900);
+    f.assert_mirrors_tenant().await;
+    assert_eq!(f.count("SELECT count(*) FROM sync_runs").await, 2);
+    let _ = stop.send(());
+    second.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_worker_shut_down_mid_run_hands_the_run_to_the_next_worker() {
+    let f = fixture(300).await;
+    f.emulator.faults().set_latency(Duration::from_millis(200));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let first = spawn_worker(&f, async move {
+        let _ = stopped.await;
+    });
+    let (run, _) = job::trigger(&f.db, SyncMode::Full, SyncTrigger::Admin)
+        .await
+        .unwrap();
+    wait_until_running(&f, run.id).await;
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(5), first)
+        .await
+        .expect("the worker stops promptly, not after the sync")
+        .unwrap()
+        .unwrap();
+    let paused = sync_runs::get(&f.db, run.id).await.unwrap().unwrap();
+    assert_eq!(paused.status, RunStatus::Queued);
+    assert!(paused.error.unwrap_or_default().contains("shutdown"));
+
+    f.emulator.faults().set_latency(Duration::ZERO);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let second = spawn_worker(&f, async move {
+        let _ = stopped.await;
+    });
+    let done = wait_for_finish(&f, run.id, Duration::from_secs(20)).await;
+    assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.error);
+    assert_eq!(done.fetched, 300);
+    assert!(done.error.is_none());
+    let _ = stop.send(());
+    second.await.unwrap().unwrap();
+}
+
+async fn wait_until_running(f: &Fixture, id: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let run = sync_runs::get(&f.db, id).await.unwrap().unwrap();
+        if run.status == RunStatus::Running && run.pages >= 1 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run never got going"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn spawn_worker(
+    f: &Fixture,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    let settings = quotebook::config::SyncSettings {
+        // Far-off ticks: these tests trigger by hand.
+        incremental_schedule: "0 0 0 1 1 * 2099".to_owned(),
+        full_schedule: "0 0 0 1 1 * 2099".to_owned(),
+        purge_after_days: 30,
+    };
+    job::spawn_worker(
+        f.syncer.clone(),
+        settings,
+        job::WorkerOptions {
+            heartbeat: Duration::from_secs(1),
+            missed_heartbeats: 2,
+            retry_base: Duration::from_millis(100),
+            ..job::WorkerOptions::default()
+        },
+        shutdown,
+    )
+}
+
+async fn wait_for_finish(f: &Fixture, id: i64, within: Duration) -> SyncRun {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let run = sync_runs::get(&f.db, id).await.unwrap().unwrap();
+        if run.status.is_finished() {
+            return run;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "run {id} did not finish in {within:?}: {run:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Fetches the token first, so injected faults hit the run's API calls.
+async fn warm_up_token(f: &Fixture) {
+    let query = quotebook::users::auth0_api::UsersQuery {
+        per_page: 1,
+        ..Default::default()
+    };
+    f.syncer
+        .api()
+        .list_users(&query)
+        .await
+        .expect("warm-up call");
+}
+
+async fn all_ids(f: &Fixture) -> Vec<String> {
+    sqlx::query_scalar("SELECT user_id FROM users ORDER BY user_id")
+        .fetch_all(&f.db)
+        .await
+        .unwrap()
+}
