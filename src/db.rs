@@ -84,9 +84,14 @@ pub async fn connect(
     }
 }
 
-/// Applies the app's migrations (sqlx takes an advisory lock, so concurrent deploys are safe).
+/// Applies the app's migrations, then the job queue's (apalis keeps its own schema `apalis` and
+/// migrations table, and needs the `hstore` extension). sqlx takes an advisory lock, so
+/// concurrent deploys are safe.
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     MIGRATOR.run(pool).await?;
+    apalis_postgres::PostgresStorage::migrations()
+        .run(pool)
+        .await?;
     Ok(())
 }
 

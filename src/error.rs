@@ -35,6 +35,15 @@ pub enum AppError {
     Internal(#[from] anyhow::Error),
 }
 
+impl From<crate::users::sync::SyncError> for AppError {
+    fn from(err: crate::users::sync::SyncError) -> Self {
+        match err {
+            crate::users::sync::SyncError::Db(db) => Self::Database(db),
+            other => Self::Unavailable(format!("The sync could not be started: {other}.")),
+        }
+    }
+}
+
 impl AppError {
     pub fn internal(err: impl Into<anyhow::Error>) -> Self {
         Self::Internal(err.into())

@@ -1,6 +1,7 @@
 //! quotebook: keep one favourite quote, signed in with Auth0; a background job mirrors Auth0's
 //! users into Postgres. See README.md for running, testing and deploying.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod db;

@@ -118,29 +118,9 @@ async fn main() -> ExitCode {
 
 async fn serve(settings: Settings, with_worker: bool) -> anyhow::Result<()> {
     let shutdown = shutdown_signal().shared();
-    let app = Application::build(settings.clone()).await?;
+    let app = Application::build(settings).await?;
     let worker = if with_worker {
-        let pool = match &settings.database.direct_url {
-            Some(url) => {
-                let options = quotebook::db::options_from_url(url.expose())?;
-                quotebook::db::connect(options, &settings.database).await?
-            }
-            None => app.db().clone(),
-        };
-        // In development mode the app started the emulator on a port it chose.
-        #[cfg(feature = "emulator")]
-        let issuer = match app.emulator() {
-            Some(emulator) => emulator.issuer(),
-            None => users::management_issuer(&settings)?,
-        };
-        #[cfg(not(feature = "emulator"))]
-        let issuer = users::management_issuer(&settings)?;
-        Some(users::job::spawn_worker(
-            users::syncer(pool, &settings, issuer)?,
-            settings.sync.clone(),
-            users::job::WorkerOptions::default(),
-            shutdown.clone(),
-        ))
+        Some(app.spawn_worker(shutdown.clone()).await?)
     } else {
         None
     };

@@ -82,6 +82,7 @@ async fn create_database_if_missing(local: &LocalPostgres, name: &str) -> anyhow
 
 pub struct Application {
     port: u16,
+    settings: Arc<Settings>,
     #[cfg(feature = "emulator")]
     emulator: Option<crate::emulator::Emulator>,
     /// Tasks that live as long as the server (session reaper, ...); aborted at shutdown.
@@ -177,6 +178,7 @@ impl Application {
         );
         Ok(Self {
             port,
+            settings: settings.clone(),
             #[cfg(feature = "emulator")]
             emulator,
             background,
@@ -198,6 +200,35 @@ impl Application {
     #[cfg(feature = "emulator")]
     pub fn emulator(&self) -> Option<&crate::emulator::Emulator> {
         self.emulator.as_ref()
+    }
+
+    /// Starts the sync worker and schedule (apalis) next to the web server, on the direct
+    /// database URL when one is set (job polling and locks need a real session).
+    pub async fn spawn_worker(
+        &self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+        let settings = &self.settings;
+        let pool = match &settings.database.direct_url {
+            Some(url) => {
+                db::connect(db::options_from_url(url.expose())?, &settings.database).await?
+            }
+            None => self.database.pool.clone(),
+        };
+        // In development mode the app started the emulator on a port it chose.
+        #[cfg(feature = "emulator")]
+        let issuer = match &self.emulator {
+            Some(emulator) => emulator.issuer(),
+            None => crate::users::management_issuer(settings)?,
+        };
+        #[cfg(not(feature = "emulator"))]
+        let issuer = crate::users::management_issuer(settings)?;
+        Ok(crate::users::job::spawn_worker(
+            crate::users::syncer(pool, settings, issuer)?,
+            settings.sync.clone(),
+            crate::users::job::WorkerOptions::default(),
+            shutdown,
+        ))
     }
 
     /// Serves until `shutdown` resolves, drains in-flight requests (up to 10 s), then closes
@@ -226,6 +257,8 @@ impl Application {
 fn routes() -> Route {
     crate::quotes::routes()
         .nest("/auth", crate::auth::routes())
+        .nest("/api", crate::admin::api_routes())
+        .nest("/admin", crate::admin::page_routes())
         .at("/healthz", named("/healthz", get(web::health::healthz)))
         .at("/readyz", named("/readyz", get(web::health::readyz)))
         .at(

@@ -407,7 +407,6 @@ fn release_command_is_a_real_subcommand() {
 }
 
 #[test]
-#[ignore = "`serve --no-worker` and `worker` arrive with the sync job (issue 6); un-ignore on merge"]
 fn process_commands_are_real_subcommands() {
     let fly = fly_toml();
     let processes = table(&fly, "processes");

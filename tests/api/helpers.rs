@@ -251,6 +251,15 @@ pub async fn spawn_app() -> TestApp {
 
 /// Spawns the app with extra environment variables.
 pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
+    spawn(extra, false).await
+}
+
+/// Spawns the app with its sync worker running, as `quotebook serve` does.
+pub async fn spawn_app_with_worker(extra: &[(&str, &str)]) -> TestApp {
+    spawn(extra, true).await
+}
+
+async fn spawn(extra: &[(&str, &str)], with_worker: bool) -> TestApp {
     // Logs only on request (`TEST_LOG=1 cargo test`): a passing run stays readable.
     if std::env::var_os("TEST_LOG").is_some() {
         quotebook::telemetry::init(false);
@@ -268,9 +277,15 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
         .await
         .expect("test pool");
     let (tx, rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async {
+    let stopped = futures::FutureExt::shared(async {
         let _ = rx.await;
-    }));
+    });
+    if with_worker {
+        app.spawn_worker(stopped.clone())
+            .await
+            .expect("worker starts");
+    }
+    let server = tokio::spawn(app.run_until_stopped(stopped));
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
         db,

@@ -1,5 +1,6 @@
 //! Integration tests: one binary, so it links once. Each module spawns the real app.
 
+mod admin;
 mod auth;
 mod browser;
 mod deploy_files;

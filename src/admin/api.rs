@@ -1,0 +1,345 @@
+//! The admin JSON API (`/api/admin`), described by OpenAPI (`/api/openapi.json`, Swagger UI at
+//! `/api/docs`). Every failure is an RFC 9457 problem (`application/problem+json`); bad input is
+//! a 4xx, never a 500.
+
+use chrono::{DateTime, Utc};
+use poem::{Request, web::Data};
+use poem_openapi::{
+    ApiResponse, Enum, Object, OpenApi,
+    param::{Path, Query},
+    payload::Json,
+};
+
+use super::access::{self, Denied};
+use crate::{
+    auth::session::Session,
+    startup::AppState,
+    users::{
+        store::{self, UserRow},
+        sync_runs::{self, SyncMode, SyncRun, SyncTrigger},
+    },
+};
+
+pub struct AdminApi;
+
+#[derive(Debug, Clone, Copy, Default, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Incremental,
+    Full,
+}
+
+impl From<Mode> for SyncMode {
+    fn from(mode: Mode) -> Self {
+        match mode {
+            Mode::Incremental => SyncMode::Incremental,
+            Mode::Full => SyncMode::Full,
+        }
+    }
+}
+
+/// Body of `POST /api/admin/sync`.
+#[derive(Debug, Object)]
+pub struct SyncRequest {
+    /// `incremental` (default) or `full`.
+    #[oai(default)]
+    pub mode: Mode,
+}
+
+/// A sync run and its progress.
+#[derive(Debug, Object)]
+pub struct SyncRunView {
+    pub id: i64,
+    /// `queued`, `running`, `succeeded` or `failed`.
+    pub status: String,
+    /// `full` or `incremental`.
+    pub mode: String,
+    /// `schedule`, `admin` or `cli`.
+    pub trigger: String,
+    pub fetched: i32,
+    pub upserted: i32,
+    pub deleted: i32,
+    pub pages: i32,
+    /// Users the provider reported, when known.
+    pub total: Option<i32>,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<SyncRun> for SyncRunView {
+    fn from(run: SyncRun) -> Self {
+        Self {
+            id: run.id,
+            status: run.status.as_str().to_owned(),
+            mode: run.mode.as_str().to_owned(),
+            trigger: run.trigger.as_str().to_owned(),
+            fetched: run.fetched,
+            upserted: run.upserted,
+            deleted: run.deleted,
+            pages: run.pages,
+            total: run.total,
+            error: run.error,
+            created_at: run.created_at,
+            started_at: run.started_at,
+            finished_at: run.finished_at,
+        }
+    }
+}
+
+/// A user copied from the identity provider.
+#[derive(Debug, Object)]
+pub struct UserView {
+    pub user_id: String,
+    pub email: Option<String>,
+    pub email_verified: Option<bool>,
+    pub name: Option<String>,
+    pub nickname: Option<String>,
+    pub picture: Option<String>,
+    pub blocked: Option<bool>,
+    pub logins_count: Option<i32>,
+    pub last_login: Option<DateTime<Utc>>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
+    pub first_seen_at: DateTime<Utc>,
+    pub synced_at: Option<DateTime<Utc>>,
+    /// Set when a full sync no longer found the user at the provider.
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub deleted: bool,
+}
+
+impl From<UserRow> for UserView {
+    fn from(row: UserRow) -> Self {
+        Self {
+            deleted: row.deleted_at.is_some(),
+            user_id: row.user_id,
+            email: row.email,
+            email_verified: row.email_verified,
+            name: row.name,
+            nickname: row.nickname,
+            picture: row.picture,
+            blocked: row.blocked,
+            logins_count: row.logins_count,
+            last_login: row.last_login,
+            created_at: row.auth0_created_at,
+            updated_at: row.auth0_updated_at,
+            first_seen_at: row.first_seen_at,
+            synced_at: row.synced_at,
+            deleted_at: row.deleted_at,
+        }
+    }
+}
+
+#[derive(Debug, Object)]
+pub struct UsersPage {
+    pub users: Vec<UserView>,
+    pub page: u32,
+    pub per_page: u32,
+    pub total: i64,
+}
+
+/// RFC 9457 problem details.
+#[derive(Debug, Object)]
+pub struct Problem {
+    #[oai(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+}
+
+#[derive(Debug, ApiResponse)]
+pub enum ApiProblem {
+    /// The request is malformed (bad JSON, unknown mode, out-of-range parameter).
+    #[oai(status = 400, content_type = "application/problem+json")]
+    BadRequest(Json<Problem>),
+    /// No credentials, or a wrong token.
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Json<Problem>),
+    /// Signed in but not an admin, or a session request without a valid CSRF token.
+    #[oai(status = 403, content_type = "application/problem+json")]
+    Forbidden(Json<Problem>),
+    #[oai(status = 404, content_type = "application/problem+json")]
+    NotFound(Json<Problem>),
+    /// The request body is too large.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The database is not answering.
+    #[oai(status = 503, content_type = "application/problem+json")]
+    Unavailable(Json<Problem>),
+    #[oai(status = 500, content_type = "application/problem+json")]
+    Internal(Json<Problem>),
+}
+
+fn problem(status: u16, title: &str, detail: impl Into<String>) -> Json<Problem> {
+    Json(Problem {
+        kind: "about:blank".into(),
+        title: title.into(),
+        status,
+        detail: detail.into(),
+    })
+}
+
+impl From<Denied> for ApiProblem {
+    fn from(denied: Denied) -> Self {
+        match denied {
+            Denied::Unauthenticated => {
+                Self::Unauthorized(problem(401, "Unauthorized", denied.message()))
+            }
+            Denied::NotAdmin | Denied::Csrf => {
+                Self::Forbidden(problem(403, "Forbidden", denied.message()))
+            }
+        }
+    }
+}
+
+impl From<crate::users::sync::SyncError> for ApiProblem {
+    fn from(err: crate::users::sync::SyncError) -> Self {
+        match err {
+            crate::users::sync::SyncError::Db(db) => db.into(),
+            other => {
+                tracing::error!(error = %other, "could not start a sync");
+                Self::Unavailable(problem(
+                    503,
+                    "Service Unavailable",
+                    "The sync could not be queued right now. Try again shortly.",
+                ))
+            }
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiProblem {
+    fn from(err: sqlx::Error) -> Self {
+        if crate::db::is_unavailable(&err) {
+            return Self::Unavailable(problem(
+                503,
+                "Service Unavailable",
+                "The database is not answering right now. Try again shortly.",
+            ));
+        }
+        tracing::error!(error = %err, "admin API database error");
+        Self::Internal(problem(
+            500,
+            "Internal Server Error",
+            "Something went wrong on our side.",
+        ))
+    }
+}
+
+#[derive(Debug, ApiResponse)]
+pub enum TriggerResponse {
+    /// The run was queued, or one already in flight is returned.
+    #[oai(status = 202)]
+    Accepted(Json<SyncRunView>, #[oai(header = "Location")] String),
+}
+
+type ApiResult<T> = Result<T, ApiProblem>;
+
+#[OpenApi]
+impl AdminApi {
+    /// Start a sync (or get the one already in flight).
+    #[oai(path = "/sync", method = "post")]
+    async fn trigger_sync(
+        &self,
+        Data(state): Data<&AppState>,
+        req: &Request,
+        session: Session,
+        body: Json<SyncRequest>,
+    ) -> ApiResult<TriggerResponse> {
+        access::authorize(req, &session, &state.settings, true)?;
+        let (run, _created) =
+            crate::users::job::trigger(&state.db, body.0.mode.into(), SyncTrigger::Admin).await?;
+        let location = format!("/api/admin/sync/{}", run.id);
+        Ok(TriggerResponse::Accepted(Json(run.into()), location))
+    }
+
+    /// One sync run.
+    #[oai(path = "/sync/:id", method = "get")]
+    async fn get_sync(
+        &self,
+        Data(state): Data<&AppState>,
+        req: &Request,
+        session: Session,
+        id: Path<i64>,
+    ) -> ApiResult<Json<SyncRunView>> {
+        access::authorize(req, &session, &state.settings, false)?;
+        match sync_runs::get(&state.db, id.0).await? {
+            Some(run) => Ok(Json(run.into())),
+            None => Err(ApiProblem::NotFound(problem(
+                404,
+                "Not Found",
+                format!("There is no sync run {}.", id.0),
+            ))),
+        }
+    }
+
+    /// Recent sync runs, newest first.
+    #[oai(path = "/sync", method = "get")]
+    async fn list_syncs(
+        &self,
+        Data(state): Data<&AppState>,
+        req: &Request,
+        session: Session,
+        /// How many runs (1-100, default 20).
+        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
+        limit: Query<Option<u32>>,
+    ) -> ApiResult<Json<Vec<SyncRunView>>> {
+        access::authorize(req, &session, &state.settings, false)?;
+        let runs = sync_runs::recent(&state.db, limit.0.unwrap_or(20)).await?;
+        Ok(Json(runs.into_iter().map(Into::into).collect()))
+    }
+
+    /// Users, searchable by email or name.
+    #[oai(path = "/users", method = "get")]
+    async fn list_users(
+        &self,
+        Data(state): Data<&AppState>,
+        req: &Request,
+        session: Session,
+        /// Case-insensitive substring of the email or name.
+        #[oai(validator(max_length = 200))]
+        q: Query<Option<String>>,
+        /// Page number, from 0.
+        #[oai(validator(maximum(value = "100000")))]
+        page: Query<Option<u32>>,
+        /// Users per page (1-100, default 25).
+        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
+        per_page: Query<Option<u32>>,
+    ) -> ApiResult<Json<UsersPage>> {
+        access::authorize(req, &session, &state.settings, false)?;
+        let page = page.0.unwrap_or(0);
+        let per_page = per_page.0.unwrap_or(25);
+        let (rows, total) = store::search(&state.db, q.0.as_deref(), page, per_page).await?;
+        Ok(Json(UsersPage {
+            users: rows.into_iter().map(Into::into).collect(),
+            page,
+            per_page,
+            total,
+        }))
+    }
+
+    /// One user.
+    #[oai(path = "/users/:user_id", method = "get")]
+    async fn get_user(
+        &self,
+        Data(state): Data<&AppState>,
+        req: &Request,
+        session: Session,
+        /// The provider's user id, e.g. `auth0|abc123` (URL-encoded in the path).
+        #[oai(validator(max_length = 300))]
+        user_id: Path<String>,
+    ) -> ApiResult<Json<UserView>> {
+        access::authorize(req, &session, &state.settings, false)?;
+        match store::get(&state.db, &user_id.0).await? {
+            Some(row) => Ok(Json(row.into())),
+            None => Err(ApiProblem::NotFound(problem(
+                404,
+                "Not Found",
+                "There is no user with that id.",
+            ))),
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! Admin: the OpenAPI JSON API under `/api/admin` and the htmx page under `/admin`.
+
+pub mod access;
+pub mod api;
+pub mod page;
+
+use poem::{EndpointExt, IntoEndpoint, Route, get, post};
+use poem_openapi::OpenApiService;
+
+use crate::observability::named;
+
+/// Swagger UI ships its bootstrap as an inline script; only this page may run one.
+const DOCS_CSP: &str = "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; \
+                        img-src 'self' data:; frame-ancestors 'none'";
+
+pub fn api_service() -> OpenApiService<api::AdminApi, ()> {
+    OpenApiService::new(
+        api::AdminApi,
+        "quotebook admin API",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "Trigger and watch user syncs from Auth0, and browse the synced users. \
+             Authenticate with `Authorization: Bearer <ADMIN_API_TOKEN>` or as a signed-in admin \
+             (session cookie plus `X-CSRF-Token` on POST).",
+    )
+    .server("/api/admin")
+}
+
+/// `/api/*` routes: the admin API, its spec and Swagger UI.
+pub fn api_routes() -> Route {
+    let service = api_service();
+    let spec = service.spec_endpoint();
+    let docs = service
+        .swagger_ui()
+        .with(poem::middleware::SetHeader::new().overriding("content-security-policy", DOCS_CSP));
+    Route::new()
+        .nest("/admin", named("/api/admin", service.into_endpoint()))
+        .at("/openapi.json", named("/api/openapi.json", spec))
+        .nest("/docs", named("/api/docs", docs))
+}
+
+/// `/admin/*` pages and fragments.
+pub fn page_routes() -> Route {
+    Route::new()
+        .at("/", named("/admin", get(page::admin_page)))
+        .at("/users", named("/admin/users", get(page::users_fragment)))
+        .at("/runs", named("/admin/runs", get(page::runs_fragment)))
+        .at("/sync", named("/admin/sync", post(page::start_sync)))
+        .at(
+            "/sync/:id/progress",
+            named("/admin/sync/:id/progress", get(page::sync_progress)),
+        )
+}
