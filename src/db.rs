@@ -108,6 +108,16 @@ pub async fn migrate_at_start(pool: &PgPool, settings: &DatabaseSettings) -> Res
     result
 }
 
+/// What a person is told when Postgres refuses a value they sent.
+pub const BAD_INPUT_MESSAGE: &str =
+    "The request contains text that cannot be stored or searched (for example a NUL character).";
+
+/// True when Postgres refused a value as data (SQLSTATE class 22: a NUL byte in text, a number
+/// out of range, ...): the request was at fault, not the server.
+pub fn is_bad_input(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("22")))
+}
+
 /// True when `err` means the database could not be reached (503), not that a query was wrong.
 pub fn is_unavailable(err: &sqlx::Error) -> bool {
     matches!(

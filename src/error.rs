@@ -55,6 +55,9 @@ impl AppError {
             Self::Database(err) if crate::db::is_unavailable(err) => {
                 "The database is not answering right now. Please try again in a moment.".into()
             }
+            Self::Database(err) if crate::db::is_bad_input(err) => {
+                crate::db::BAD_INPUT_MESSAGE.into()
+            }
             Self::Database(_) | Self::Internal(_) => {
                 "Something went wrong on our side. Please try again.".into()
             }
@@ -74,6 +77,7 @@ impl ResponseError for AppError {
             Self::Database(err) if crate::db::is_unavailable(err) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Self::Database(err) if crate::db::is_bad_input(err) => StatusCode::BAD_REQUEST,
             Self::Database(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -140,6 +144,8 @@ pub async fn render_errors<E: Endpoint>(next: E, req: Request) -> poem::Result<R
                 &login,
             ))
         }
+        // Already a complete response (e.g. an admin API problem): keep its body.
+        Err(err) if err.is_from_response() => Ok(err.into_response()),
         Err(err) => {
             let status = err.status();
             let message = match err.downcast_ref::<AppError>() {

@@ -8,6 +8,7 @@ use poem_openapi::{
     ApiResponse, Enum, Object, OpenApi,
     param::{Path, Query},
     payload::Json,
+    types::MaybeUndefined,
 };
 
 use super::access::{self, Denied};
@@ -42,13 +43,13 @@ impl From<Mode> for SyncMode {
 /// Body of `POST /api/admin/sync`.
 #[derive(Debug, Object)]
 pub struct SyncRequest {
-    /// `incremental` (default) or `full`.
-    #[oai(default)]
-    pub mode: Mode,
+    /// `incremental` (the default when absent) or `full`.
+    pub mode: MaybeUndefined<Mode>,
 }
 
 /// A sync run and its progress.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct SyncRunView {
     pub id: i64,
     /// `queued`, `running`, `succeeded` or `failed`.
@@ -91,6 +92,7 @@ impl From<SyncRun> for SyncRunView {
 
 /// A user copied from the identity provider.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct UserView {
     pub user_id: String,
     pub email: Option<String>,
@@ -166,6 +168,9 @@ pub enum ApiProblem {
     /// The request body is too large.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
+    /// The body is not JSON (send `Content-Type: application/json`).
+    #[oai(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Json<Problem>),
     /// The database is not answering.
     #[oai(status = 503, content_type = "application/problem+json")]
     Unavailable(Json<Problem>),
@@ -213,6 +218,9 @@ impl From<crate::users::sync::SyncError> for ApiProblem {
 
 impl From<sqlx::Error> for ApiProblem {
     fn from(err: sqlx::Error) -> Self {
+        if crate::db::is_bad_input(&err) {
+            return Self::BadRequest(problem(400, "Bad Request", crate::db::BAD_INPUT_MESSAGE));
+        }
         if crate::db::is_unavailable(&err) {
             return Self::Unavailable(problem(
                 503,
@@ -250,8 +258,19 @@ impl AdminApi {
         body: Json<SyncRequest>,
     ) -> ApiResult<TriggerResponse> {
         access::authorize(req, &session, &state.settings, true)?;
+        let mode = match body.0.mode {
+            MaybeUndefined::Undefined => Mode::default(),
+            MaybeUndefined::Value(mode) => mode,
+            MaybeUndefined::Null => {
+                return Err(ApiProblem::BadRequest(problem(
+                    400,
+                    "Bad Request",
+                    "`mode` must be \"incremental\" or \"full\" (or left out).",
+                )));
+            }
+        };
         let (run, _created) =
-            crate::users::job::trigger(&state.db, body.0.mode.into(), SyncTrigger::Admin).await?;
+            crate::users::job::trigger(&state.db, mode.into(), SyncTrigger::Admin).await?;
         let location = format!("/api/admin/sync/{}", run.id);
         Ok(TriggerResponse::Accepted(Json(run.into()), location))
     }
@@ -303,7 +322,7 @@ impl AdminApi {
         #[oai(validator(max_length = 200))]
         q: Query<Option<String>>,
         /// Page number, from 0.
-        #[oai(validator(maximum(value = "100000")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "100000")))]
         page: Query<Option<u32>>,
         /// Users per page (1-100, default 25).
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]

@@ -35,9 +35,38 @@ pub fn api_routes() -> Route {
         .swagger_ui()
         .with(poem::middleware::SetHeader::new().overriding("content-security-policy", DOCS_CSP));
     Route::new()
-        .nest("/admin", named("/api/admin", service.into_endpoint()))
+        .nest(
+            "/admin",
+            named("/api/admin", service.into_endpoint().around(allow_on_405)),
+        )
         .at("/openapi.json", named("/api/openapi.json", spec))
         .nest("/docs", named("/api/docs", docs))
+}
+
+/// poem answers an unsupported method with 405 but no `Allow`, which RFC 9110 requires: name
+/// the methods each API path takes (they mirror `api::AdminApi`).
+async fn allow_on_405<E: poem::Endpoint>(
+    next: E,
+    req: poem::Request,
+) -> poem::Result<poem::Response> {
+    let allowed = match req.original_uri().path() {
+        "/api/admin/sync" => "GET, POST",
+        _ => "GET",
+    };
+    let mut response = match next.call(req).await {
+        Ok(output) => poem::IntoResponse::into_response(output),
+        Err(err) if err.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED => {
+            err.into_response()
+        }
+        Err(err) => return Err(err),
+    };
+    if response.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED {
+        response.headers_mut().insert(
+            poem::http::header::ALLOW,
+            poem::http::HeaderValue::from_static(allowed),
+        );
+    }
+    Ok(response)
 }
 
 /// `/admin/*` pages and fragments.

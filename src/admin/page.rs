@@ -67,7 +67,7 @@ pub async fn admin_page(
     let runs = sync_runs::recent(&state.db, 10).await?;
     let in_flight = runs.iter().find(|r| !r.status.is_finished()).cloned();
     let body = html! {
-        h1 { "Admin" }
+        h1.admin-page { "Admin" }
         section.card aria-labelledby="sync-heading" {
             h2 #sync-heading { "Sync users from Auth0" }
             form.actions method="post" action="/admin/sync" hx-post="/admin/sync" hx-target="#progress" hx-swap="innerHTML" {
@@ -181,7 +181,10 @@ async fn users_table(state: &AppState, query: &UsersQuery) -> AppResult<Markup> 
         url
     };
     Ok(html! {
-        p.muted { (total) " users" @if let Some(q) = q { " matching “" (q) "”" } }
+        p.muted {
+            (total) @if total == 1 { " user" } @else { " users" }
+            @if let Some(q) = q { " matching “" (q) "”" }
+        }
         div.table-wrap {
             table {
                 thead { tr { th { "Name" } th { "Email" } th { "Last login" } th { "Synced" } th { "Status" } } }

@@ -239,6 +239,10 @@ pub async fn search(
     page: u32,
     per_page: u32,
 ) -> Result<(Vec<UserRow>, i64), sqlx::Error> {
+    // Postgres text cannot hold NUL, so no stored name or email contains one.
+    if q.is_some_and(|q| q.contains('\0')) {
+        return Ok((Vec::new(), 0));
+    }
     let pattern = q
         .map(str::trim)
         .filter(|q| !q.is_empty())
@@ -264,6 +268,10 @@ pub async fn search(
 }
 
 pub async fn get(db: &PgPool, user_id: &str) -> Result<Option<UserRow>, sqlx::Error> {
+    // Postgres text cannot hold NUL, so no stored id contains one.
+    if user_id.contains('\0') {
+        return Ok(None);
+    }
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {USER_COLUMNS} FROM users WHERE user_id = $1"
     )))

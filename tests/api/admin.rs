@@ -214,6 +214,18 @@ async fn bad_input_is_a_problem_never_a_500() {
             StatusCode::NOT_FOUND,
         ),
         (
+            bearer(client().get(app.url("/api/admin/users/nul%00id")), TOKEN),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            bearer(client().post(app.url("/api/admin/sync")), TOKEN).json(&json!({"mode": null})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            bearer(client().post(app.url("/api/admin/sync")), TOKEN),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
             bearer(client().post(app.url("/api/admin/sync")), TOKEN)
                 .header("content-type", "application/json")
                 .body(format!(
@@ -226,6 +238,25 @@ async fn bad_input_is_a_problem_never_a_500() {
     for (request, status) in cases {
         problem(request.send().await.unwrap(), status).await;
     }
+    // A NUL can never be stored, so searching for one finds nobody (and is not an error).
+    let nul: Value = bearer(client().get(app.url("/api/admin/users?q=%00x")), TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(nul["total"], 0);
+    // Unsupported methods name the allowed ones.
+    let patch = bearer(
+        client().request(reqwest::Method::PATCH, app.url("/api/admin/sync")),
+        TOKEN,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(patch.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(patch.headers()["allow"], "GET, POST");
 }
 
 #[tokio::test]
@@ -401,5 +432,5 @@ async fn the_admin_page_starts_a_sync_and_polls_until_286() {
         .text()
         .await
         .unwrap();
-    assert!(filtered.contains("admin@example.com") && filtered.contains("1 users"));
+    assert!(filtered.contains("admin@example.com") && filtered.contains("1 user matching"));
 }

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use crate::{
-    helpers::{TestApp, spawn_app},
+    helpers::{TestApp, spawn_app, spawn_app_with_worker},
     webdriver::{Browser, Result, find_browser},
 };
 
@@ -204,5 +204,65 @@ async fn a_person_saves_edits_cancels_and_deletes_a_quote_in_place() {
     let app = spawn_app().await;
     if let Err(err) = quote_scenario(&browser, &app).await {
         fail_with_screenshot(&browser, "quote", err).await;
+    }
+}
+
+async fn admin_sync_scenario(browser: &Browser, app: &TestApp) -> Result<()> {
+    // The emulator's first demo user is an admin (roles claim).
+    log_in(browser, app, "admin@example.com").await?;
+    browser
+        .click(&browser.wait_for("header a[href='/admin']").await?)
+        .await?;
+    browser.wait_for("#users table").await?;
+    browser
+        .execute("window.__quotebookMarker = 7; return true;")
+        .await?;
+    browser
+        .click(&browser.find("button[name='mode'][value='full']").await?)
+        .await?;
+    browser.wait_for("#progress .sync-progress").await?;
+    snapshot(browser, "admin-progress").await?;
+    browser
+        .wait_until(
+            "the progress bar to reach done",
+            "const p = document.querySelector('#progress .sync-progress'); \
+             return !!p && p.dataset.status === 'succeeded' && !p.hasAttribute('hx-get');",
+        )
+        .await?;
+    // The runs table refreshed itself when the run ended (HX-Trigger: sync-finished).
+    browser
+        .wait_until(
+            "the runs table to show the finished run",
+            "return document.querySelector('#runs').textContent.includes('succeeded');",
+        )
+        .await?;
+    browser
+        .wait_until(
+            "no full page load",
+            "return window.__quotebookMarker === 7;",
+        )
+        .await?;
+    // Search as you type filters the synced users.
+    let search = browser.find("#user-search").await?;
+    browser.type_text(&search, "admin@").await?;
+    browser
+        .wait_until(
+            "the filtered users table",
+            "const t = document.querySelector('#users'); \
+             return !!t && t.textContent.includes('1 user matching') && t.textContent.includes('admin@example.com');",
+        )
+        .await?;
+    snapshot(browser, "admin-done").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_syncs_now_and_watches_the_progress_bar_finish() {
+    let Some(browser) = browser().await else {
+        return;
+    };
+    let app = spawn_app_with_worker(&[("AUTH0_EMULATOR_USERS", "40")]).await;
+    if let Err(err) = admin_sync_scenario(&browser, &app).await {
+        fail_with_screenshot(&browser, "admin-sync", err).await;
     }
 }
