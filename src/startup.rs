@@ -141,14 +141,16 @@ impl Application {
         }
 
         let settings = Arc::new(settings);
+        // One store (and so one memory of recent sessions) for the middleware and the handlers.
+        let session_store = PgSessionStore::new(database.pool.clone());
         let state = AppState {
             db: database.pool.clone(),
             settings: settings.clone(),
             oidc,
-            sessions: PgSessionStore::new(database.pool.clone()),
+            sessions: session_store.clone(),
         };
         let sessions = SessionMiddleware {
-            store: PgSessionStore::new(database.pool.clone()),
+            store: session_store,
             config: Arc::new(SessionConfig::new(
                 settings.secure_cookies(),
                 settings.session.idle_timeout,

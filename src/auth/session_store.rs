@@ -3,18 +3,76 @@
 //! The row id is async-session's hash of the cookie value (`Session::id_from_cookie_value`), so a
 //! leaked table does not hand out live cookies. The whole session (data + expiry) is stored as
 //! JSON; expired rows are invisible to `load_session` and removed by [`PgSessionStore::reap`].
+//!
+//! Sessions read in the last second are served from memory: a signed-in page then costs one
+//! query (its own) instead of two. This instance's writes and deletes update the memory at once;
+//! a logout handled by *another* instance reaches this one within that second.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use async_session::{Session, SessionStore};
 use sqlx::PgPool;
 
+pub const CACHE_TTL: Duration = Duration::from_secs(1);
+/// Bounds memory: past this many entries the stale ones are dropped (and all, if none is).
+const CACHE_MAX: usize = 10_000;
+
 #[derive(Debug, Clone)]
 pub struct PgSessionStore {
     db: PgPool,
+    /// The stored JSON, not `Session`s: a `Session` clone shares its data with the original, and
+    /// concurrent requests must each get their own copy.
+    recent: Arc<Mutex<HashMap<String, (serde_json::Value, Instant)>>>,
 }
 
 impl PgSessionStore {
     pub fn new(db: PgPool) -> Self {
-        Self { db }
+        Self {
+            db,
+            recent: Arc::default(),
+        }
+    }
+
+    fn cached(&self, id: &str) -> Option<serde_json::Value> {
+        let recent = self.recent.lock().ok()?;
+        let (data, at) = recent.get(id)?;
+        (at.elapsed() < CACHE_TTL).then(|| data.clone())
+    }
+
+    fn remember(&self, id: &str, data: &serde_json::Value) {
+        if let Ok(mut recent) = self.recent.lock() {
+            if recent.len() >= CACHE_MAX {
+                recent.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
+                if recent.len() >= CACHE_MAX {
+                    recent.clear();
+                }
+            }
+            recent.insert(id.to_owned(), (data.clone(), Instant::now()));
+        }
+    }
+
+    /// The stored session, unless it has expired (and remembers it for a second).
+    async fn fetch(&self, id: &str) -> Result<Option<serde_json::Value>, sqlx::Error> {
+        let data: Option<serde_json::Value> = sqlx::query_scalar(
+            "SELECT data FROM sessions WHERE id = $1 AND (expires_at IS NULL OR expires_at > now())",
+        )
+        .bind(id)
+        .fetch_optional(&self.db)
+        .await?;
+        if let Some(data) = &data {
+            self.remember(id, data);
+        }
+        Ok(data)
+    }
+
+    fn forget(&self, id: &str) {
+        if let Ok(mut recent) = self.recent.lock() {
+            recent.remove(id);
+        }
     }
 
     /// Deletes expired sessions; returns how many went.
@@ -42,12 +100,10 @@ impl SessionStore for PgSessionStore {
             // Not base64: a tampered or foreign cookie is simply "no session".
             return Ok(None);
         };
-        let data: Option<serde_json::Value> = sqlx::query_scalar(
-            "SELECT data FROM sessions WHERE id = $1 AND (expires_at IS NULL OR expires_at > now())",
-        )
-        .bind(&id)
-        .fetch_optional(&self.db)
-        .await?;
+        let data = match self.cached(&id) {
+            Some(data) => Some(data),
+            None => self.fetch(&id).await?,
+        };
         Ok(data
             .and_then(|data| serde_json::from_value::<Session>(data).ok())
             .and_then(Session::validate))
@@ -61,14 +117,16 @@ impl SessionStore for PgSessionStore {
         )
         .bind(session.id())
         .bind(session.expiry().copied())
-        .bind(data)
+        .bind(&data)
         .execute(&self.db)
         .await?;
         session.reset_data_changed();
+        self.remember(session.id(), &data);
         Ok(session.into_cookie_value())
     }
 
     async fn destroy_session(&self, session: Session) -> async_session::Result {
+        self.forget(session.id());
         sqlx::query("DELETE FROM sessions WHERE id = $1")
             .bind(session.id())
             .execute(&self.db)
@@ -77,6 +135,9 @@ impl SessionStore for PgSessionStore {
     }
 
     async fn clear_store(&self) -> async_session::Result {
+        if let Ok(mut recent) = self.recent.lock() {
+            recent.clear();
+        }
         sqlx::query("DELETE FROM sessions")
             .execute(&self.db)
             .await?;

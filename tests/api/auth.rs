@@ -146,6 +146,12 @@ async fn idle_and_absolute_expiry_sign_people_out() {
         .execute(&app.db)
         .await
         .unwrap();
+    // Changed behind the app's back (as another instance would): visible once the one-second
+    // memory of recent sessions has lapsed.
+    tokio::time::sleep(
+        quotebook::auth::session_store::CACHE_TTL + std::time::Duration::from_millis(100),
+    )
+    .await;
     assert_eq!(
         idle.get(app.url("/auth/me")).send().await.unwrap().status(),
         StatusCode::UNAUTHORIZED
@@ -159,6 +165,12 @@ async fn idle_and_absolute_expiry_sign_people_out() {
     .execute(&app.db)
     .await
     .unwrap();
+    // Changed behind the app's back (as another instance would): visible once the one-second
+    // memory of recent sessions has lapsed.
+    tokio::time::sleep(
+        quotebook::auth::session_store::CACHE_TTL + std::time::Duration::from_millis(100),
+    )
+    .await;
     assert_eq!(
         absolute
             .get(app.url("/auth/me"))
