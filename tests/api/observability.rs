@@ -32,10 +32,12 @@ use crate::helpers::{TestApp, client, cluster, find_form, location, spawn_app, s
 // A strict reader of the Prometheus text exposition format (version 0.0.4):
 // prometheus.io/docs/instrumenting/exposition_formats/#text-based-format
 
+type Labels = Vec<(String, String)>;
+
 #[derive(Debug, Clone, PartialEq)]
 struct Sample {
     name: String,
-    labels: Vec<(String, String)>,
+    labels: Labels,
     value: f64,
 }
 
@@ -176,11 +178,8 @@ fn parse_sample(line: &str) -> Result<Sample, String> {
     if let Some(after_brace) = rest.strip_prefix('{') {
         let mut chars = after_brace.char_indices().peekable();
         let mut closed_at = None;
-        loop {
-            // Label name up to `=`, or `}` (empty set or after a trailing comma).
-            let Some(&(start, c)) = chars.peek() else {
-                break;
-            };
+        // Each turn: a label name up to `=`, or `}` (empty set or after a trailing comma).
+        while let Some(&(start, c)) = chars.peek() {
             if c == '}' {
                 closed_at = Some(start);
                 break;
@@ -277,7 +276,7 @@ fn check_histograms(samples: &[Sample], types: &HashMap<String, String>) -> Resu
         let bucket_name = format!("{family}_bucket");
         let count_name = format!("{family}_count");
         // Group buckets by their labels other than `le`.
-        let mut groups: HashMap<Vec<(String, String)>, Vec<(f64, f64)>> = HashMap::new();
+        let mut groups: HashMap<Labels, Vec<(f64, f64)>> = HashMap::new();
         for s in samples.iter().filter(|s| s.name == bucket_name) {
             let mut rest: Vec<_> = s
                 .labels
