@@ -9,6 +9,7 @@ use poem::{
     http::{StatusCode, header},
     web::Data,
 };
+use sqlx::PgPool;
 use subtle::ConstantTimeEq;
 
 use crate::{
@@ -70,15 +71,31 @@ pub async fn private_metrics(Data(state): Data<&AppState>) -> Response {
 }
 
 async fn render(state: &AppState) -> Response {
-    let pool = &state.db;
-    ::metrics::gauge!("db_pool_connections", "state" => "open").set(f64::from(pool.size()));
-    ::metrics::gauge!("db_pool_connections", "state" => "idle").set(pool.num_idle() as f64);
-    ::metrics::gauge!("db_pool_max_connections")
-        .set(f64::from(state.settings.database.max_connections));
     if let Ok(active) = state.sessions.count_active().await {
         ::metrics::gauge!("sessions_active").set(active as f64);
     }
-    if let Ok(Some(at)) = sync_runs::last_success(&state.db).await {
+    render_pool(&state.db, state.settings.database.max_connections).await
+}
+
+/// The metrics of a process without the web app (`quotebook worker`): its pool and the sync.
+#[derive(Clone)]
+pub struct WorkerMetrics {
+    pub db: PgPool,
+    pub max_connections: u32,
+}
+
+/// `/metrics` of the worker's private listener: the sync's counters live in that process, so it
+/// must be scraped too (Fly scrapes every Machine of every process group).
+#[handler]
+pub async fn worker_metrics(Data(worker): Data<&WorkerMetrics>) -> Response {
+    render_pool(&worker.db, worker.max_connections).await
+}
+
+async fn render_pool(pool: &PgPool, max_connections: u32) -> Response {
+    ::metrics::gauge!("db_pool_connections", "state" => "open").set(f64::from(pool.size()));
+    ::metrics::gauge!("db_pool_connections", "state" => "idle").set(pool.num_idle() as f64);
+    ::metrics::gauge!("db_pool_max_connections").set(f64::from(max_connections));
+    if let Ok(Some(at)) = sync_runs::last_success(pool).await {
         ::metrics::gauge!(names::SYNC_LAST_SUCCESS).set(at.timestamp_millis() as f64 / 1000.0);
     }
     let body = observability::recorder()

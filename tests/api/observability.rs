@@ -634,7 +634,7 @@ async fn production_without_a_token_has_no_metrics_route() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The real binary's logs during a login.
+// The real binary: `quotebook worker`'s own metrics, and the logs of a login.
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -650,10 +650,10 @@ struct Server {
 }
 
 impl Server {
-    fn start(vars: &[(&str, String)]) -> Self {
+    fn start(args: &[&str], vars: &[(&str, String)]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_quotebook"));
         command
-            .args(["serve", "--no-worker"])
+            .args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             // A scratch directory: no .env from the checkout leaks in.
@@ -749,24 +749,27 @@ async fn no_log_line_of_a_login_holds_a_secret_code_token_or_cookie() {
     let client_secret = format!("client-secret-{}", crate::helpers::random_suffix());
     let data_dir =
         std::env::temp_dir().join(format!("qb-logs-{}", crate::helpers::random_suffix()));
-    let server = Server::start(&[
-        ("APP_ENV", "development".into()),
-        ("HOST", "127.0.0.1".into()),
-        ("PORT", port.to_string()),
-        ("APP_BASE_URL", base.clone()),
-        ("DATABASE_URL", cluster.url(&db_name)),
-        ("AUTH0_EMULATOR_ADDR", format!("127.0.0.1:{emulator_port}")),
-        ("AUTH0_EMULATOR_PERSIST_KEY", "false".into()),
-        ("AUTH0_EMULATOR_USERS", "2".into()),
-        ("AUTH0_CLIENT_SECRET", client_secret.clone()),
-        ("DATA_DIR", data_dir.display().to_string()),
-        // Our crate at its most verbose; dependencies at the level an operator would turn on.
-        (
-            "RUST_LOG",
-            "info,quotebook=trace,poem=debug,openidconnect=debug".into(),
-        ),
-        ("NO_COLOR", "1".into()),
-    ]);
+    let server = Server::start(
+        &["serve", "--no-worker"],
+        &[
+            ("APP_ENV", "development".into()),
+            ("HOST", "127.0.0.1".into()),
+            ("PORT", port.to_string()),
+            ("APP_BASE_URL", base.clone()),
+            ("DATABASE_URL", cluster.url(&db_name)),
+            ("AUTH0_EMULATOR_ADDR", format!("127.0.0.1:{emulator_port}")),
+            ("AUTH0_EMULATOR_PERSIST_KEY", "false".into()),
+            ("AUTH0_EMULATOR_USERS", "2".into()),
+            ("AUTH0_CLIENT_SECRET", client_secret.clone()),
+            ("DATA_DIR", data_dir.display().to_string()),
+            // Our crate at its most verbose; dependencies at the level an operator would turn on.
+            (
+                "RUST_LOG",
+                "info,quotebook=trace,poem=debug,openidconnect=debug".into(),
+            ),
+            ("NO_COLOR", "1".into()),
+        ],
+    );
 
     let http = client();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -901,4 +904,83 @@ async fn no_log_line_of_a_login_holds_a_secret_code_token_or_cookie() {
         "{save_line}"
     );
     assert!(!save_line.contains("logs@example.com"), "{save_line}");
+}
+
+/// Fly runs the sync in a `worker` process group: its metrics must be scrapeable there.
+#[tokio::test]
+async fn the_worker_process_serves_its_own_metrics() {
+    let cluster = cluster();
+    let db_name = cluster.create_database().await;
+    // A finished run in its database: the worker reports it as the last success.
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(cluster.options(&db_name))
+        .await
+        .expect("test pool");
+    let (run, _) = {
+        let mut conn = db.acquire().await.unwrap();
+        sync_runs::create_or_in_flight(&mut conn, SyncMode::Full, SyncTrigger::Cli, None)
+            .await
+            .unwrap()
+    };
+    let finished = sync_runs::finish(&db, run.id, &sync_runs::Progress::default())
+        .await
+        .unwrap()
+        .and_then(|run| run.finished_at)
+        .expect("finished");
+    db.close().await;
+
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let data_dir =
+        std::env::temp_dir().join(format!("qb-worker-{}", crate::helpers::random_suffix()));
+    let never = "0 0 0 1 1 * 2099".to_owned();
+    let worker = Server::start(
+        &["worker"],
+        &[
+            ("APP_ENV", "development".into()),
+            ("DATABASE_URL", cluster.url(&db_name)),
+            ("METRICS_ADDR", metrics_addr.clone()),
+            // Nothing listens there: the schedules never fire during the test anyway.
+            ("AUTH0_EMULATOR_ADDR", format!("127.0.0.1:{}", free_port())),
+            ("SYNC_SCHEDULE", never.clone()),
+            ("SYNC_FULL_SCHEDULE", never),
+            ("DATA_DIR", data_dir.display().to_string()),
+            ("RUST_LOG", "info".into()),
+            ("NO_COLOR", "1".into()),
+        ],
+    );
+    let http = client();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let response = loop {
+        if let Ok(r) = http
+            .get(format!("http://{metrics_addr}/metrics"))
+            .send()
+            .await
+        {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker's metrics listener never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let samples = metrics_of(response).await;
+    let logs = worker.stop();
+    cluster.drop_database(db_name);
+    let _ = std::fs::remove_dir_all(&data_dir);
+
+    for name in [
+        names::SYNC_RUNS_TOTAL,
+        names::USERS_SYNCED_TOTAL,
+        "db_pool_max_connections",
+    ] {
+        assert!(samples.iter().any(|s| s.name == name), "{name} missing");
+    }
+    let last = value(&samples, names::SYNC_LAST_SUCCESS, &[]);
+    assert!(
+        (last - finished.timestamp_millis() as f64 / 1000.0).abs() < 0.002,
+        "{last} vs {finished}"
+    );
+    assert!(logs.contains("metrics listener"), "{logs}");
 }
