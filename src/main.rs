@@ -159,9 +159,23 @@ async fn worker(mut settings: Settings) -> anyhow::Result<()> {
     if let Some(direct) = settings.database.direct_url.clone() {
         settings.database.url = Some(direct);
     }
+    // The sync records its metrics here, not in the web process: without a recorder and a
+    // listener of its own they would be lost.
+    quotebook::observability::recorder();
     let database = Database::open(&settings).await?;
     let result = async {
         quotebook::db::migrate(&database.pool).await?;
+        let _metrics = match settings.metrics.addr {
+            Some(addr) => Some(AbortOnDrop(
+                quotebook::startup::serve_worker_metrics(
+                    addr,
+                    database.pool.clone(),
+                    settings.database.max_connections,
+                )
+                .await?,
+            )),
+            None => None,
+        };
         let issuer = users::management_issuer(&settings)?;
         let syncer = users::syncer(database.pool.clone(), &settings, issuer)?;
         users::job::run_worker(
@@ -215,4 +229,13 @@ async fn emulator(args: EmulatorArgs) -> anyhow::Result<()> {
     shutdown_signal().await;
     emulator.shutdown();
     Ok(())
+}
+
+/// Stops a background task when its owner's scope ends, on every path out of it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -319,6 +319,28 @@ async fn serve_private_metrics(
     }))
 }
 
+/// `/metrics` of `quotebook worker` on `addr` (the sync's metrics are recorded in that process).
+pub async fn serve_worker_metrics(
+    addr: std::net::SocketAddr,
+    db: PgPool,
+    max_connections: u32,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    crate::observability::recorder();
+    let acceptor = TcpListener::bind(addr).into_acceptor().await?;
+    let app = Route::new()
+        .at("/metrics", get(web::metrics::worker_metrics))
+        .data(web::metrics::WorkerMetrics {
+            db,
+            max_connections,
+        });
+    tracing::info!(%addr, "metrics listener");
+    Ok(tokio::spawn(async move {
+        if let Err(err) = Server::new_with_acceptor(acceptor).run(app).await {
+            tracing::error!(error = %err, "metrics listener stopped");
+        }
+    }))
+}
+
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM (Fly, Docker, systemd).
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

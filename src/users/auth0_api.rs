@@ -9,6 +9,8 @@
 //! - 5xx, timeouts and connection errors are retried with exponential backoff and full jitter, a
 //!   bounded number of times; other 4xx are returned at once.
 //! - The secret and the token never reach a log line or an error message.
+//! - Every response is counted in `auth0_api_requests_total{status}` (429s included, transport
+//!   failures as `status="error"`), retries and the token call too: that is the load Auth0 sees.
 
 use std::{
     sync::{
@@ -27,7 +29,10 @@ use serde_json::Value;
 use tokio::{sync::Mutex, time::Instant};
 use url::Url;
 
-use crate::config::{AuthSettings, Secret};
+use crate::{
+    config::{AuthSettings, Secret},
+    observability,
+};
 
 /// Retry and timeout policy; the defaults suit Auth0's published limits.
 #[derive(Debug, Clone)]
@@ -371,6 +376,7 @@ impl ManagementApi {
                 Ok(response) => {
                     self.observe_rate_headers(response.headers());
                     let status = response.status();
+                    observability::auth0_api_response(Some(status.as_u16()));
                     if status.is_success() {
                         return Ok(response);
                     }
@@ -417,7 +423,10 @@ impl ManagementApi {
                     }
                     format!("HTTP {status}")
                 }
-                Err(err) => describe(&err),
+                Err(err) => {
+                    observability::auth0_api_response(None);
+                    describe(&err)
+                }
             };
             failures += 1;
             if failures >= options.max_attempts {

@@ -159,7 +159,12 @@ pub async fn execute_with_retries(
             delay = (delay * 2).min(options.retry_max);
         } else {
             tracing::error!(run = run_id, attempt = attempts, error = %err, "user sync failed");
-            return sync_runs::fail(db, run_id, &err.to_string()).await;
+            let failed = sync_runs::fail(db, run_id, &err.to_string()).await?;
+            // Counted only when this call ended the run (not when it was already over).
+            if let Some(run) = &failed {
+                crate::observability::sync_run_finished(run.mode.as_str(), false, None);
+            }
+            return Ok(failed);
         }
     }
 }

@@ -28,6 +28,8 @@ use futures::StreamExt;
 use sqlx::{PgPool, pool::PoolConnection};
 use tokio::time::Instant;
 
+use crate::observability::{self, names};
+
 use super::{
     auth0_api::{ApiError, ManagementApi, UsersQuery},
     auth0_user::Auth0User,
@@ -219,8 +221,19 @@ impl Syncer {
         }
         let finished = sync_runs::finish(&self.db, run.id, &progress).await?;
         self.count_sql(1);
+        // `None`: the run was ended elsewhere meanwhile (an operator, a duplicate delivery), so
+        // this attempt's success is not the run's outcome and is not counted.
+        if let Some(done) = &finished {
+            observability::sync_run_finished(
+                done.mode.as_str(),
+                true,
+                done.finished_at
+                    .map(|at| at.timestamp_millis() as f64 / 1000.0),
+            );
+        }
         tracing::info!(
             run = run.id,
+            mode = %finished.as_ref().map_or(run.mode, |done| done.mode),
             fetched = progress.fetched,
             upserted = progress.upserted,
             deleted = progress.deleted,
@@ -256,6 +269,13 @@ impl Syncer {
             self.write(&users, progress).await?;
             progress.pages += 1;
             progress.total = Some(page.total);
+            tracing::debug!(
+                run = run_id,
+                page = page_no,
+                users = users.len(),
+                total = page.total,
+                "full sync page written"
+            );
             self.record(run_id, progress).await?;
             if users.len() < per_page as usize {
                 break;
@@ -311,7 +331,9 @@ impl Syncer {
                 Some(value) => {
                     if let Some(user) = Auth0User::from_value(&value, value.to_string()) {
                         progress.fetched += 1;
-                        progress.upserted += store::upsert_batch(&self.db, &[user]).await?.upserted;
+                        let upserted = store::upsert_batch(&self.db, &[user]).await?.upserted;
+                        metrics::counter!(names::USERS_SYNCED_TOTAL).increment(upserted);
+                        progress.upserted += upserted;
                         self.count_sql(1);
                     }
                 }
@@ -391,6 +413,13 @@ impl Syncer {
         let mut pause = Duration::from_millis(100);
         loop {
             let job = self.api.get_job(job_id).await?;
+            tracing::debug!(
+                run = run_id,
+                job = %job.id,
+                status = %job.status,
+                percent = job.percentage_done,
+                "export job polled"
+            );
             match job.status.as_str() {
                 "completed" => {
                     if let Some(location) = job.location {
@@ -426,6 +455,8 @@ impl Syncer {
         skip: u64,
         progress: &mut Progress,
     ) -> Result<u64, (u64, SyncError)> {
+        // Not the location itself: it is a pre-signed URL, i.e. a credential while it lasts.
+        tracing::debug!(run = run_id, skip, "export download started");
         let stream = self
             .api
             .download(location)
@@ -462,6 +493,12 @@ impl Syncer {
                 return Err((lines - batch.lines_in_batch, err));
             }
             progress.pages += 1;
+            tracing::debug!(
+                run = run_id,
+                lines,
+                users = batch.users.len(),
+                "export batch written"
+            );
             if let Err(err) = self.record(run_id, progress).await {
                 return Err((lines, err));
             }
@@ -511,6 +548,14 @@ impl Syncer {
             let newest = users.iter().filter_map(|u| u.updated_at).max();
             self.write(&users, progress).await?;
             progress.pages += 1;
+            tracing::debug!(
+                run = run_id,
+                page = page_no,
+                from = %from,
+                received,
+                new = users.len(),
+                "incremental sync page written"
+            );
             self.record(run_id, progress).await?;
             if let Some(newest) = newest {
                 self.advance_watermark(newest).await?;
@@ -544,6 +589,8 @@ impl Syncer {
         self.count_sql(1);
         progress.fetched += users.len() as u64;
         progress.upserted += outcome.upserted;
+        // Counted as batches land, so a long export shows progress and a failed run its work.
+        metrics::counter!(names::USERS_SYNCED_TOTAL).increment(outcome.upserted);
         Ok(())
     }
 

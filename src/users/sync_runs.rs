@@ -349,3 +349,11 @@ pub async fn set_mode(db: &PgPool, id: i64, mode: SyncMode) -> Result<(), sqlx::
         .await?;
     Ok(())
 }
+
+/// When the latest successful run finished. `/metrics` reports it from here so every instance
+/// shows the same value, including ones that did not run the sync or restarted since.
+pub async fn last_success(db: &PgPool) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT max(finished_at) FROM sync_runs WHERE status = 'succeeded'")
+        .fetch_one(db)
+        .await
+}

@@ -8,6 +8,7 @@ mod emulator;
 mod foundation;
 mod hardening;
 mod helpers;
+mod observability;
 mod quotes;
 mod sync;
 mod webdriver;
