@@ -60,7 +60,6 @@ async fn main() -> anyhow::Result<()> {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("PORT", port.to_string())
         .env("DATABASE_URL", cluster.url("bench"))
-        .env("DATABASE_MAX_CONNECTIONS", "16")
         .env("AUTH0_EMULATOR_ADDR", "127.0.0.1:0")
         .env("AUTH0_EMULATOR_PERSIST_KEY", "false")
         .env("RUST_LOG", "warn")
