@@ -3,10 +3,9 @@
 
 use std::{process::Command, time::Duration};
 
-use quotebook::{config::Settings, local_postgres::LocalPostgres, startup::Application};
 use reqwest::StatusCode;
 
-use crate::helpers::{self, spawn_app};
+use crate::helpers::{self, AppOnOwnCluster, spawn_app};
 
 #[tokio::test]
 async fn healthz_answers_ok() {
@@ -20,17 +19,8 @@ async fn healthz_answers_ok() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_follows_the_database_down_and_back_up() {
     // A cluster of its own, so stopping it affects only this test.
-    let dir = std::env::temp_dir().join(format!("quotebook-ready-{}", helpers::random_suffix()));
-    let cluster = tokio::task::block_in_place(|| LocalPostgres::start(&dir)).unwrap();
-    let vars = helpers::test_vars(&cluster.url("postgres"), &[]);
-    let app = Application::build(Settings::from_vars(&vars).unwrap())
-        .await
-        .unwrap();
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async {
-        let _ = rx.await;
-    }));
+    let mut app = AppOnOwnCluster::spawn(&[]).await;
+    let address = app.address.clone();
     let client = helpers::client();
 
     let ready = client
@@ -40,7 +30,7 @@ async fn readyz_follows_the_database_down_and_back_up() {
         .unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
 
-    tokio::task::block_in_place(|| cluster.stop());
+    app.stop_database();
     let started = std::time::Instant::now();
     let down = client
         .get(format!("{address}/readyz"))
@@ -63,7 +53,7 @@ async fn readyz_follows_the_database_down_and_back_up() {
         .unwrap();
     assert_eq!(live.status(), StatusCode::OK);
 
-    let cluster = tokio::task::block_in_place(|| LocalPostgres::start(&dir)).unwrap();
+    app.start_database();
     let mut recovered = false;
     for _ in 0..40 {
         let r = client
@@ -78,11 +68,7 @@ async fn readyz_follows_the_database_down_and_back_up() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(recovered, "the app must recover without a restart");
-
-    let _ = tx.send(());
-    let _ = server.await;
-    tokio::task::block_in_place(|| cluster.stop());
-    let _ = std::fs::remove_dir_all(&dir);
+    app.stop().await;
 }
 
 fn run_binary(vars: &[(&str, &str)], args: &[&str]) -> std::process::Output {

@@ -3,10 +3,9 @@
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
-use quotebook::{config::Settings, local_postgres::LocalPostgres, startup::Application};
 use reqwest::StatusCode;
 
-use crate::helpers::{self, spawn_app, spawn_app_with};
+use crate::helpers::{AppOnOwnCluster, spawn_app, spawn_app_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_people_editing_fifty_times_at_once_end_exact() {
@@ -101,24 +100,9 @@ async fn a_hundred_people_editing_fifty_times_at_once_end_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_postgres_stops_under_load_pages_fail_fast_and_recover() {
-    let dir = std::env::temp_dir().join(format!("quotebook-outage-{}", helpers::random_suffix()));
-    let cluster = tokio::task::block_in_place(|| LocalPostgres::start(&dir)).unwrap();
-    let vars = helpers::test_vars(
-        &cluster.url("postgres"),
-        &[("DATABASE_ACQUIRE_TIMEOUT_MS", "1000")],
-    );
-    let app = Application::build(Settings::from_vars(&vars).unwrap())
-        .await
-        .unwrap();
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async {
-        let _ = rx.await;
-    }));
-    let test_app = TestAppView {
-        address: address.clone(),
-    };
-    let client = test_app.sign_in().await;
+    let mut app = AppOnOwnCluster::spawn(&[("DATABASE_ACQUIRE_TIMEOUT_MS", "1000")]).await;
+    let address = app.address.clone();
+    let client = app.signed_in_client("outage@example.com").await;
 
     // Load: 16 workers requesting the signed-in home page until told to stop.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -145,7 +129,7 @@ async fn when_postgres_stops_under_load_pages_fail_fast_and_recover() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    tokio::task::block_in_place(|| cluster.stop());
+    app.stop_database();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let ready = client
         .get(format!("{address}/readyz"))
@@ -181,7 +165,7 @@ async fn when_postgres_stops_under_load_pages_fail_fast_and_recover() {
     );
 
     // Postgres back: the same process recovers by itself, session included.
-    let cluster = tokio::task::block_in_place(|| LocalPostgres::start(&dir)).unwrap();
+    app.start_database();
     let mut recovered = false;
     for _ in 0..40 {
         let home = client.get(format!("{address}/")).send().await.unwrap();
@@ -196,48 +180,7 @@ async fn when_postgres_stops_under_load_pages_fail_fast_and_recover() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(recovered, "the app recovers without a restart");
-
-    let _ = tx.send(());
-    let _ = server.await;
-    tokio::task::block_in_place(|| cluster.stop());
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Just enough of a test app to sign in against an app started by hand.
-struct TestAppView {
-    address: String,
-}
-
-impl TestAppView {
-    async fn sign_in(&self) -> reqwest::Client {
-        let client = helpers::client();
-        let start = client
-            .get(format!("{}/auth/login", self.address))
-            .send()
-            .await
-            .unwrap();
-        let authorize = url::Url::parse(&helpers::location(&start)).unwrap();
-        let page = client
-            .get(authorize.clone())
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let form = helpers::find_form(&page, "email").unwrap();
-        let mut fields = form.hidden.clone();
-        fields.push(("email".into(), "outage@example.com".into()));
-        let back = client
-            .post(authorize.join(&form.action).unwrap())
-            .form(&fields)
-            .send()
-            .await
-            .unwrap();
-        let done = client.get(helpers::location(&back)).send().await.unwrap();
-        assert_eq!(done.status(), StatusCode::SEE_OTHER);
-        client
-    }
+    app.stop().await;
 }
 
 #[tokio::test]

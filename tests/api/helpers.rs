@@ -391,47 +391,7 @@ impl TestApp {
         email: &str,
         next: &str,
     ) -> LoginSteps {
-        let next = url::form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>();
-        let start = client
-            .get(self.url(&format!("/auth/login?next={next}")))
-            .send()
-            .await
-            .expect("login request");
-        assert_eq!(
-            start.status(),
-            reqwest::StatusCode::SEE_OTHER,
-            "login must redirect to the provider"
-        );
-        let authorize_url = url::Url::parse(&location(&start)).expect("authorize URL");
-        let page = client
-            .get(authorize_url.clone())
-            .send()
-            .await
-            .expect("authorize page");
-        assert_eq!(
-            page.status(),
-            reqwest::StatusCode::OK,
-            "provider login page"
-        );
-        let html = page.text().await.expect("login page body");
-        let form = find_form(&html, "email").expect("the login page has an email form");
-        let action = authorize_url.join(&form.action).expect("form action");
-        let mut fields = form.hidden.clone();
-        fields.push(("email".into(), email.into()));
-        let back = client
-            .post(action)
-            .form(&fields)
-            .send()
-            .await
-            .expect("login form post");
-        assert!(
-            back.status().is_redirection(),
-            "provider redirects back: {}",
-            back.status()
-        );
-        LoginSteps {
-            callback_url: location(&back),
-        }
+        start_login_at(&self.address, client, email, next).await
     }
 
     /// The whole login; returns the app's answer to the callback (a 303 to `next` on success).
@@ -467,5 +427,130 @@ impl TestApp {
             .await
             .expect("home body");
         csrf_token(&html).expect("signed-in pages carry a CSRF token")
+    }
+}
+
+/// Walks the real flow for the app at `address` (see [`TestApp::start_login`]).
+pub async fn start_login_at(
+    address: &str,
+    client: &reqwest::Client,
+    email: &str,
+    next: &str,
+) -> LoginSteps {
+    let next = url::form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>();
+    let start = client
+        .get(format!("{address}/auth/login?next={next}"))
+        .send()
+        .await
+        .expect("login request");
+    assert_eq!(
+        start.status(),
+        reqwest::StatusCode::SEE_OTHER,
+        "login must redirect to the provider"
+    );
+    let authorize_url = url::Url::parse(&location(&start)).expect("authorize URL");
+    let page = client
+        .get(authorize_url.clone())
+        .send()
+        .await
+        .expect("authorize page");
+    assert_eq!(
+        page.status(),
+        reqwest::StatusCode::OK,
+        "provider login page"
+    );
+    let html = page.text().await.expect("login page body");
+    let form = find_form(&html, "email").expect("the login page has an email form");
+    let action = authorize_url.join(&form.action).expect("form action");
+    let mut fields = form.hidden.clone();
+    fields.push(("email".into(), email.into()));
+    let back = client
+        .post(action)
+        .form(&fields)
+        .send()
+        .await
+        .expect("login form post");
+    assert!(
+        back.status().is_redirection(),
+        "provider redirects back: {}",
+        back.status()
+    );
+    LoginSteps {
+        callback_url: location(&back),
+    }
+}
+
+/// The app on a Postgres cluster of its own, for tests that stop and restart the database.
+pub struct AppOnOwnCluster {
+    pub address: String,
+    dir: std::path::PathBuf,
+    cluster: Option<LocalPostgres>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl AppOnOwnCluster {
+    /// Needs a multi-threaded test runtime (the cluster starts and stops synchronously).
+    pub async fn spawn(extra: &[(&str, &str)]) -> Self {
+        let dir = std::env::temp_dir().join(format!("quotebook-own-{}", random_suffix()));
+        let cluster = tokio::task::block_in_place(|| LocalPostgres::start(&dir))
+            .unwrap_or_else(|err| panic!("{err}"));
+        let vars = test_vars(&cluster.url("postgres"), extra);
+        let app = Application::build(Settings::from_vars(&vars).expect("test settings"))
+            .await
+            .expect("app builds");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until_stopped(async {
+            let _ = rx.await;
+        }));
+        Self {
+            address,
+            dir,
+            cluster: Some(cluster),
+            shutdown: Some(tx),
+            server: Some(server),
+        }
+    }
+
+    pub fn stop_database(&mut self) {
+        if let Some(cluster) = self.cluster.take() {
+            tokio::task::block_in_place(|| cluster.stop());
+        }
+    }
+
+    pub fn start_database(&mut self) {
+        let cluster = tokio::task::block_in_place(|| LocalPostgres::start(&self.dir))
+            .unwrap_or_else(|err| panic!("{err}"));
+        self.cluster = Some(cluster);
+    }
+
+    /// A client signed in through the real flow.
+    pub async fn signed_in_client(&self, email: &str) -> reqwest::Client {
+        let client = client();
+        let steps = start_login_at(&self.address, &client, email, "/").await;
+        let done = client
+            .get(&steps.callback_url)
+            .send()
+            .await
+            .expect("callback");
+        assert_eq!(
+            done.status(),
+            reqwest::StatusCode::SEE_OTHER,
+            "login succeeds"
+        );
+        client
+    }
+
+    /// Stops the app, then its database, and removes the cluster's files.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+        self.stop_database();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
