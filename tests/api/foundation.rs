@@ -242,3 +242,18 @@ async fn assets_are_served_with_caching_headers() {
     let missing = app.get("/assets/nope.js").await;
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
 }
+
+#[test]
+fn the_vendored_htmx_matches_its_recorded_checksum() {
+    use sha2::Digest;
+    let manifest = include_str!("../../assets/README.md");
+    let body = include_bytes!("../../assets/htmx.min.js");
+    let digest: String = sha2::Sha256::digest(body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(
+        manifest.contains(&digest),
+        "assets/README.md must record htmx.min.js's sha256 ({digest})"
+    );
+}
