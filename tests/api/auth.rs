@@ -391,3 +391,60 @@ async fn a_provider_that_is_down_gives_503_and_the_app_keeps_serving() {
     assert_eq!(callback.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(app.get("/").await.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn any_instance_serves_a_session_and_a_logout_reaches_the_others_within_a_second() {
+    let app = spawn_app().await;
+    let (other, _stop_other) = app.another_instance().await;
+    // Cookies belong to the host, not the port: one browser talks to both instances.
+    let browser = app.signed_in_client("roaming@example.com").await;
+    let here = browser.get(app.url("/auth/me")).send().await.unwrap();
+    assert_eq!(here.status(), StatusCode::OK);
+    let there = browser
+        .get(format!("{other}/auth/me"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        there.status(),
+        StatusCode::OK,
+        "the web tier keeps no state"
+    );
+
+    let html = browser
+        .get(format!("{other}/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let token = csrf_token(&html).unwrap();
+    let logout = browser
+        .post(format!("{other}/auth/logout"))
+        .form(&[("csrf_token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), StatusCode::SEE_OTHER);
+    let there = browser
+        .get(format!("{other}/auth/me"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        there.status(),
+        StatusCode::UNAUTHORIZED,
+        "dead at once where it ended"
+    );
+    tokio::time::sleep(
+        quotebook::auth::session_store::CACHE_TTL + std::time::Duration::from_millis(100),
+    )
+    .await;
+    let here = browser.get(app.url("/auth/me")).send().await.unwrap();
+    assert_eq!(
+        here.status(),
+        StatusCode::UNAUTHORIZED,
+        "and everywhere within a second"
+    );
+}

@@ -416,6 +416,31 @@ impl TestApp {
         client
     }
 
+    /// Another instance of the app on the same database and provider (as a second Fly Machine):
+    /// its address, and the sender that stops it.
+    pub async fn another_instance(&self) -> (String, oneshot::Sender<()>) {
+        let emulator = self.emulator.as_ref().expect("the in-process emulator");
+        let issuer = emulator.issuer().to_string();
+        let vars = test_vars(
+            &cluster().url(&self.db_name),
+            &[
+                ("AUTH0_ISSUER_BASE_URL", issuer.as_str()),
+                ("AUTH0_CLIENT_ID", quotebook::config::DEV_CLIENT_ID),
+                ("AUTH0_CLIENT_SECRET", quotebook::config::DEV_CLIENT_SECRET),
+            ],
+        );
+        let app = Application::build(Settings::from_vars(&vars).expect("test settings"))
+            .await
+            .expect("second instance builds");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        emulator.add_logout_url(&format!("{address}/"));
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(app.run_until_stopped(async {
+            let _ = rx.await;
+        }));
+        (address, tx)
+    }
+
     /// The CSRF token of the signed-in home page.
     pub async fn csrf_for(&self, client: &reqwest::Client) -> String {
         let html = client
