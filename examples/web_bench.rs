@@ -63,6 +63,8 @@ async fn main() -> anyhow::Result<()> {
         .env("AUTH0_EMULATOR_ADDR", "127.0.0.1:0")
         .env("AUTH0_EMULATOR_PERSIST_KEY", "false")
         .env("RUST_LOG", "warn")
+        // Lets a run try other runtime sizes (tokio reads it) without rebuilding.
+        .envs(std::env::var("TOKIO_WORKER_THREADS").map(|n| ("TOKIO_WORKER_THREADS", n)))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()?;
