@@ -66,7 +66,21 @@ impl LocalPostgres {
         };
 
         std::fs::create_dir_all(data_dir)?;
-        let data_dir = data_dir.canonicalize()?;
+        let mut data_dir = data_dir.canonicalize()?;
+        if let Some(user) = run_as
+            && !reachable_by(user, &data_dir)
+        {
+            // A checkout under a private home (/root is 0700) is out of the postgres user's
+            // reach; keep the cluster, per checkout and between runs, where it can go instead.
+            let fallback = shared_location_for(&data_dir);
+            tracing::info!(
+                wanted = %data_dir.display(),
+                using = %fallback.display(),
+                "the postgres OS user cannot reach the data directory (a parent is private); using a shared location"
+            );
+            std::fs::create_dir_all(&fallback)?;
+            data_dir = fallback.canonicalize()?;
+        }
         std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))?;
         if let Some(user) = run_as {
             std::os::unix::fs::chown(&data_dir, Some(user.uid), Some(user.gid))?;
@@ -256,6 +270,34 @@ fn socket_dir_for(data_dir: &Path) -> PathBuf {
     std::env::temp_dir().join(format!("quotebook-pg-{name}"))
 }
 
+/// Whether `user` can traverse every parent of `dir` (the directory itself is chowned to them).
+fn reachable_by(user: RunAs, dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    dir.ancestors().skip(1).all(|parent| {
+        let Ok(meta) = std::fs::metadata(parent) else {
+            return false;
+        };
+        let mode = meta.mode();
+        if meta.uid() == user.uid {
+            mode & 0o100 != 0
+        } else if meta.gid() == user.gid {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        }
+    })
+}
+
+/// `/var/lib/quotebook/<hash of the wanted path>/postgres`: stable per checkout.
+fn shared_location_for(wanted: &Path) -> PathBuf {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(wanted.as_os_str().as_encoded_bytes());
+    let name: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    PathBuf::from("/var/lib/quotebook")
+        .join(name)
+        .join("postgres")
+}
+
 fn command(program: &Path, run_as: Option<RunAs>) -> Command {
     let mut cmd = Command::new(program);
     cmd.stdin(Stdio::null());
@@ -341,4 +383,33 @@ fn postgres_user() -> Option<RunAs> {
             gid: fields[3].parse().ok()?,
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn a_private_parent_is_out_of_reach_and_gets_a_shared_location() {
+        let root = std::env::temp_dir().join(format!("qb-reach-{}", std::process::id()));
+        let dir = root.join("checkout/.data/postgres");
+        std::fs::create_dir_all(&dir).unwrap();
+        // A user who owns none of these directories only gets the "others" bits.
+        let stranger = RunAs {
+            uid: 54_321,
+            gid: 54_321,
+        };
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(reachable_by(stranger, &dir));
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(!reachable_by(stranger, &dir));
+
+        let shared = shared_location_for(&dir);
+        assert!(shared.starts_with("/var/lib/quotebook"));
+        assert_eq!(shared, shared_location_for(&dir), "stable between runs");
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }
