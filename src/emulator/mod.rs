@@ -293,23 +293,21 @@ impl Emulator {
     }
 
     pub fn add_callback_url(&self, url: &str) {
-        let mut client = self
-            .running
-            .shared
-            .client
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        client.callback_urls.push(url.to_owned());
+        self.change_client(|client| client.callback_urls.push(url.to_owned()));
     }
 
     pub fn add_logout_url(&self, url: &str) {
+        self.change_client(|client| client.logout_urls.push(url.to_owned()));
+    }
+
+    fn change_client(&self, change: impl FnOnce(&mut Client)) {
         let mut client = self
             .running
             .shared
             .client
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        client.logout_urls.push(url.to_owned());
+        change(&mut client);
     }
 
     pub fn faults(&self) -> &Faults {
@@ -367,6 +365,14 @@ pub(crate) fn oauth_error(status: StatusCode, error: &str, description: &str) ->
 
 /// Parses `application/x-www-form-urlencoded` text (query strings and form bodies) into a map;
 /// a repeated key keeps its first value.
+/// A parameter that is present and not empty (Auth0 treats `x=` as absent).
+pub(crate) fn non_empty<'a>(params: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
+    params
+        .get(name)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+}
+
 pub(crate) fn form_map(raw: &str) -> HashMap<String, String> {
     let mut map = HashMap::new();
     for (key, value) in url::form_urlencoded::parse(raw.as_bytes()) {

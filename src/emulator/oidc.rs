@@ -28,7 +28,7 @@ use super::{
     faults::IdTokenFault,
     form_map,
     login_page::{self, LoginView},
-    oauth_error, random_token,
+    non_empty, oauth_error, random_token,
     users::{NewUser, StoreError, User, timestamp},
 };
 
@@ -113,12 +113,7 @@ fn redirect_error(
 #[handler]
 pub async fn authorize(req: &Request, shared: Data<&Arc<Shared>>) -> Response {
     let params = form_map(req.uri().query().unwrap_or(""));
-    let param = |name: &str| {
-        params
-            .get(name)
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
-    };
+    let param = |name: &str| non_empty(&params, name);
 
     // Until client and redirect URI are known good, nothing may be sent to the redirect URI.
     {
@@ -457,12 +452,7 @@ pub async fn token_endpoint(req: &Request, shared: Data<&Arc<Shared>>, body: Bod
         Ok(params) => params,
         Err(message) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", &message),
     };
-    let param = |name: &str| {
-        params
-            .get(name)
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
-    };
+    let param = |name: &str| non_empty(&params, name);
 
     let grant_type = match param("grant_type") {
         Some(grant @ ("authorization_code" | "client_credentials")) => grant,
@@ -763,12 +753,7 @@ fn allowed_logout(shared: &Shared, url: &str) -> bool {
 #[handler]
 pub async fn logout_v2(req: &Request, shared: Data<&Arc<Shared>>) -> Response {
     let params = form_map(req.uri().query().unwrap_or(""));
-    let param = |name: &str| {
-        params
-            .get(name)
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
-    };
+    let param = |name: &str| non_empty(&params, name);
     if param("client_id").is_some_and(|id| id != shared.client().id) {
         return error_page(
             StatusCode::BAD_REQUEST,
@@ -802,12 +787,7 @@ pub async fn logout_v2(req: &Request, shared: Data<&Arc<Shared>>) -> Response {
 #[handler]
 pub async fn logout_oidc(req: &Request, shared: Data<&Arc<Shared>>) -> Response {
     let params = form_map(req.uri().query().unwrap_or(""));
-    let param = |name: &str| {
-        params
-            .get(name)
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
-    };
+    let param = |name: &str| non_empty(&params, name);
     let client_id = shared.client().id.clone();
     if let Some(hint) = param("id_token_hint") {
         // An expired hint is fine (the session may be old); a forged or foreign one is not.
