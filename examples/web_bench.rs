@@ -5,6 +5,9 @@
 //! cargo build --release && cargo run --release --example web_bench
 //! ```
 //! Needs `wrk` and `pgbench` (Debian: `apt-get install wrk postgresql-contrib`).
+//!
+//! `--only <text>` runs just the scenarios whose name contains the text (and skips pgbench unless
+//! it matches "pgbench"); `--seconds N` changes the length of each run (for profiling).
 
 use std::{
     process::{Child, Command, Stdio},
@@ -19,8 +22,8 @@ use quotebook::{
 use sqlx::{ConnectOptions, Connection};
 
 const CONNECTIONS: u32 = 64;
-const SECONDS: u32 = 10;
 const USERS: usize = 64;
+const SIGNED_IN: &str = "GET / signed in, with a quote";
 
 struct Row {
     name: &'static str,
@@ -44,6 +47,17 @@ async fn main() -> anyhow::Result<()> {
             "{tool} is missing (Debian: apt-get install wrk postgresql-contrib)"
         );
     }
+
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let only = flag("--only");
+    let seconds: u32 = flag("--seconds").map_or(Ok(10), |s| s.parse())?;
+    let wanted = |name: &str| only.as_deref().is_none_or(|text| name.contains(text));
 
     let dir = std::env::temp_dir().join(format!("quotebook-bench-{}", std::process::id()));
     let cluster = tokio::task::block_in_place(|| LocalPostgres::start(&dir))?;
@@ -97,27 +111,33 @@ async fn main() -> anyhow::Result<()> {
         ),
     )?;
 
+    let get_script = format!("-s{}", get_script.display());
+    let put_script = format!("-s{}", put_script.display());
+    let scenarios: [(&'static str, String, Option<&str>); 4] = [
+        ("GET / signed out", format!("{base}/"), None),
+        (SIGNED_IN, format!("{base}/"), Some(&get_script)),
+        (
+            "PUT /quote (htmx)",
+            format!("{base}/quote"),
+            Some(&put_script),
+        ),
+        (
+            "GET /assets/htmx.min.js",
+            format!("{base}/assets/htmx.min.js"),
+            None,
+        ),
+    ];
     let mut rows = Vec::new();
-    rows.push(run_wrk("GET / signed out", &format!("{base}/"), &[], &app)?);
-    rows.push(run_wrk(
-        "GET / signed in, with a quote",
-        &format!("{base}/"),
-        &["-s", get_script.to_str().unwrap_or_default()],
-        &app,
-    )?);
-    rows.push(run_wrk(
-        "PUT /quote (htmx)",
-        &format!("{base}/quote"),
-        &["-s", put_script.to_str().unwrap_or_default()],
-        &app,
-    )?);
-    rows.push(run_wrk(
-        "GET /assets/htmx.min.js",
-        &format!("{base}/assets/htmx.min.js"),
-        &[],
-        &app,
-    )?);
-    let pgbench_tps = run_pgbench(&cluster)?;
+    for (name, url, script) in &scenarios {
+        if wanted(name) {
+            rows.push(run_wrk(name, url, *script, seconds, &app)?);
+        }
+    }
+    let pgbench_tps = if wanted("pgbench") {
+        Some(run_pgbench(&cluster, seconds)?)
+    } else {
+        None
+    };
 
     let _ = app.kill();
     let _ = app.wait();
@@ -128,7 +148,7 @@ async fn main() -> anyhow::Result<()> {
     println!();
     println!(
         "{} connections, {} s each, wrk -t2; idle RSS {:.1} MB",
-        CONNECTIONS, SECONDS, idle_rss
+        CONNECTIONS, seconds, idle_rss
     );
     println!(
         "{:<32} {:>10} {:>9} {:>9} {:>7} {:>12}",
@@ -140,12 +160,14 @@ async fn main() -> anyhow::Result<()> {
             row.name, row.rps, row.p50_ms, row.p99_ms, row.errors, row.rss_mb
         );
     }
-    println!("{:<32} {:>10.0}", "pgbench -S (same database)", pgbench_tps);
-    if let Some(signed_in) = rows.get(1) {
-        println!(
-            "signed-in GET / at {:.0}% of pgbench -S",
-            100.0 * signed_in.rps / pgbench_tps.max(1.0)
-        );
+    if let Some(tps) = pgbench_tps {
+        println!("{:<32} {:>10.0}", "pgbench -S (same database)", tps);
+        if let Some(signed_in) = rows.iter().find(|row| row.name == SIGNED_IN) {
+            println!(
+                "signed-in GET / at {:.0}% of pgbench -S",
+                100.0 * signed_in.rps / tps.max(1.0)
+            );
+        }
     }
     Ok(())
 }
@@ -224,19 +246,25 @@ fn rss_mb(child: &Child) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-fn run_wrk(name: &'static str, url: &str, extra: &[&str], app: &Child) -> anyhow::Result<Row> {
+fn run_wrk(
+    name: &'static str,
+    url: &str,
+    script: Option<&str>,
+    seconds: u32,
+    app: &Child,
+) -> anyhow::Result<Row> {
     let mut cmd = Command::new("wrk");
     cmd.args([
         "-t2",
         &format!("-c{CONNECTIONS}"),
-        &format!("-d{SECONDS}s"),
+        &format!("-d{seconds}s"),
         "--latency",
     ])
-    .args(extra)
+    .args(script)
     .arg(url);
     let child = cmd.stdout(Stdio::piped()).spawn()?;
     // RSS under load: sample half-way through the run.
-    std::thread::sleep(Duration::from_secs(u64::from(SECONDS) / 2));
+    std::thread::sleep(Duration::from_secs(u64::from(seconds) / 2));
     let rss = rss_mb(app);
     let output = child.wait_with_output()?;
     let text = String::from_utf8_lossy(&output.stdout);
@@ -292,7 +320,7 @@ fn parse_duration_ms(value: &str) -> f64 {
     }
 }
 
-fn run_pgbench(cluster: &LocalPostgres) -> anyhow::Result<f64> {
+fn run_pgbench(cluster: &LocalPostgres, seconds: u32) -> anyhow::Result<f64> {
     let socket = cluster.socket_dir().to_path_buf();
     let pgbench = |args: &[&str]| {
         Command::new("pgbench")
@@ -313,7 +341,7 @@ fn run_pgbench(cluster: &LocalPostgres) -> anyhow::Result<f64> {
         "-j",
         "2",
         "-T",
-        &SECONDS.to_string(),
+        &seconds.to_string(),
         "bench",
     ])?;
     let text = String::from_utf8_lossy(&run.stdout);

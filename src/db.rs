@@ -109,6 +109,10 @@ pub async fn migrate_at_start(pool: &PgPool, settings: &DatabaseSettings) -> Res
 }
 
 /// What a person is told when Postgres refuses a value they sent.
+/// What a person reads when the database cannot be reached (with a 503).
+pub const UNAVAILABLE_MESSAGE: &str =
+    "The database is not answering right now. Please try again in a moment.";
+
 pub const BAD_INPUT_MESSAGE: &str =
     "The request contains text that cannot be stored or searched (for example a NUL character).";
 

@@ -53,7 +53,7 @@ impl AppError {
     pub fn public_message(&self) -> String {
         match self {
             Self::Database(err) if crate::db::is_unavailable(err) => {
-                "The database is not answering right now. Please try again in a moment.".into()
+                crate::db::UNAVAILABLE_MESSAGE.into()
             }
             Self::Database(err) if crate::db::is_bad_input(err) => {
                 crate::db::BAD_INPUT_MESSAGE.into()

@@ -1,5 +1,6 @@
 //! Wires the application together: database, routes, middleware, listener, shutdown.
 
+use crate::quotes::reader::QuoteReader;
 use std::{future::Future, sync::Arc, time::Duration};
 
 use poem::{
@@ -29,6 +30,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub oidc: Arc<OidcProvider>,
     pub sessions: PgSessionStore,
+    /// Quote reads for pages, coalesced (see `quotes::reader`).
+    pub quotes: QuoteReader,
 }
 
 /// The database the app uses, and the local cluster behind it when we started one.
@@ -148,6 +151,7 @@ impl Application {
             settings: settings.clone(),
             oidc,
             sessions: session_store.clone(),
+            quotes: QuoteReader::start(database.pool.clone(), settings.request_timeout),
         };
         let sessions = SessionMiddleware {
             store: session_store,

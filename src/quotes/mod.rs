@@ -2,6 +2,7 @@
 
 pub mod queries;
 pub mod quote;
+pub mod reader;
 pub mod routes;
 pub mod views;
 

@@ -9,6 +9,7 @@ mod foundation;
 mod hardening;
 mod helpers;
 mod observability;
+mod quote_reader;
 mod quotes;
 mod sync;
 mod webdriver;
