@@ -1,5 +1,6 @@
 //! Web benchmark: the release app (with its in-process emulator) on its own Postgres, loaded by
-//! wrk, next to `pgbench -S` on the same database as the ceiling. Prints a table.
+//! wrk, next to the ceilings on the same database: `pgbench -S` for reads, and pgbench running the
+//! save's own upsert for writes. Prints a table.
 //!
 //! ```sh
 //! cargo build --release && cargo run --release --example web_bench
@@ -133,8 +134,16 @@ async fn main() -> anyhow::Result<()> {
             rows.push(run_wrk(name, url, *script, seconds, &app)?);
         }
     }
+    // The ceilings: pgbench's own read-only transaction, and the statement a save runs.
     let pgbench_tps = if wanted("pgbench") {
-        Some(run_pgbench(&cluster, seconds)?)
+        let save_script = dir.join("save.sql");
+        std::fs::write(&save_script, SAVE_SQL)?;
+        let save_script = save_script.display().to_string();
+        run_pgbench(&cluster, &["-i", "-s", "1", "-q"], None)?;
+        Some((
+            run_pgbench(&cluster, &["-S"], Some(seconds))?,
+            run_pgbench(&cluster, &["-f", &save_script], Some(seconds))?,
+        ))
     } else {
         None
     };
@@ -160,8 +169,9 @@ async fn main() -> anyhow::Result<()> {
             row.name, row.rps, row.p50_ms, row.p99_ms, row.errors, row.rss_mb
         );
     }
-    if let Some(tps) = pgbench_tps {
+    if let Some((tps, save_tps)) = pgbench_tps {
         println!("{:<32} {:>10.0}", "pgbench -S (same database)", tps);
+        println!("{:<32} {:>10.0}", "pgbench, the save's upsert", save_tps);
         if let Some(signed_in) = rows.iter().find(|row| row.name == SIGNED_IN) {
             println!(
                 "signed-in GET / at {:.0}% of pgbench -S",
@@ -320,30 +330,32 @@ fn parse_duration_ms(value: &str) -> f64 {
     }
 }
 
-fn run_pgbench(cluster: &LocalPostgres, seconds: u32) -> anyhow::Result<f64> {
-    let socket = cluster.socket_dir().to_path_buf();
-    let pgbench = |args: &[&str]| {
-        Command::new("pgbench")
-            .args(["-h", socket.to_str().unwrap_or_default(), "-U", "postgres"])
-            .args(args)
-            .output()
-    };
-    let init = pgbench(&["-i", "-s", "1", "-q", "bench"])?;
+/// What `PUT /quote` runs, with the bench's people: the write path's ceiling.
+const SAVE_SQL: &str = "\\set n random(0, 63)
+INSERT INTO user_messages (user_id, message) VALUES ('auth0|bench' || :n, 'Benchmarking is a kind of listening.')
+    ON CONFLICT (user_id) DO UPDATE SET message = EXCLUDED.message, updated_at = clock_timestamp();
+";
+
+/// Runs pgbench on the bench database; with `seconds`, as a load of CONNECTIONS clients whose
+/// TPS it returns.
+fn run_pgbench(
+    cluster: &LocalPostgres,
+    workload: &[&str],
+    seconds: Option<u32>,
+) -> anyhow::Result<f64> {
+    let socket = cluster.socket_dir().display().to_string();
+    let mut cmd = Command::new("pgbench");
+    cmd.args(["-h", &socket, "-U", "postgres"]).args(workload);
+    if let Some(seconds) = seconds {
+        cmd.args(["-n", "-c", &CONNECTIONS.to_string(), "-j", "2"])
+            .args(["-T", &seconds.to_string()]);
+    }
+    let run = cmd.arg("bench").output()?;
     anyhow::ensure!(
-        init.status.success(),
-        "pgbench -i failed: {}",
-        String::from_utf8_lossy(&init.stderr)
+        run.status.success(),
+        "pgbench {workload:?} failed: {}",
+        String::from_utf8_lossy(&run.stderr)
     );
-    let run = pgbench(&[
-        "-S",
-        "-c",
-        &CONNECTIONS.to_string(),
-        "-j",
-        "2",
-        "-T",
-        &seconds.to_string(),
-        "bench",
-    ])?;
     let text = String::from_utf8_lossy(&run.stdout);
     Ok(text
         .lines()

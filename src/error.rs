@@ -44,6 +44,16 @@ impl From<crate::users::sync::SyncError> for AppError {
     }
 }
 
+impl From<crate::batched_lookup::LookupError> for AppError {
+    fn from(err: crate::batched_lookup::LookupError) -> Self {
+        use crate::batched_lookup::LookupError;
+        match err {
+            LookupError::Unavailable(_) => Self::Unavailable(crate::db::UNAVAILABLE_MESSAGE.into()),
+            failed @ LookupError::Failed(_) => Self::internal(failed),
+        }
+    }
+}
+
 impl AppError {
     pub fn internal(err: impl Into<anyhow::Error>) -> Self {
         Self::Internal(err.into())

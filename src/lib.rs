@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod batched_lookup;
 pub mod config;
 pub mod db;
 #[cfg(feature = "emulator")]

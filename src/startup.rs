@@ -1,6 +1,5 @@
 //! Wires the application together: database, routes, middleware, listener, shutdown.
 
-use crate::quotes::reader::QuoteReader;
 use std::{future::Future, sync::Arc, time::Duration};
 
 use poem::{
@@ -15,11 +14,13 @@ use crate::{
         session::{SessionConfig, SessionMiddleware},
         session_store::PgSessionStore,
     },
+    batched_lookup::BatchedLookup,
     config::{IdentityProvider, Settings},
     db,
     http_stack::{self, StackSettings},
     local_postgres::LocalPostgres,
     observability::named,
+    quotes::{self, queries::StoredQuote},
     web,
 };
 
@@ -30,8 +31,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub oidc: Arc<OidcProvider>,
     pub sessions: PgSessionStore,
-    /// Quote reads for pages, coalesced (see `quotes::reader`).
-    pub quotes: QuoteReader,
+    /// Quote reads for pages, batched (see `batched_lookup`).
+    pub quotes: BatchedLookup<StoredQuote>,
 }
 
 /// The database the app uses, and the local cluster behind it when we started one.
@@ -151,7 +152,11 @@ impl Application {
             settings: settings.clone(),
             oidc,
             sessions: session_store.clone(),
-            quotes: QuoteReader::start(database.pool.clone(), settings.request_timeout),
+            quotes: BatchedLookup::start(
+                database.pool.clone(),
+                settings.request_timeout,
+                quotes::queries::find_many,
+            ),
         };
         let sessions = SessionMiddleware {
             store: session_store,

@@ -262,8 +262,12 @@ fn extend_if_due(session: &Session) {
 }
 
 fn store_error(err: async_session::Error) -> AppError {
-    match err.downcast::<sqlx::Error>() {
-        Ok(db) => AppError::Database(db),
+    let err = match err.downcast::<sqlx::Error>() {
+        Ok(db) => return AppError::Database(db),
+        Err(other) => other,
+    };
+    match err.downcast::<crate::batched_lookup::LookupError>() {
+        Ok(lookup) => lookup.into(),
         Err(other) => AppError::Internal(other),
     }
 }

@@ -6,7 +6,8 @@
 //!
 //! Sessions read in the last second are served from memory: a signed-in page then costs one
 //! query (its own) instead of two. This instance's writes and deletes update the memory at once;
-//! a logout handled by *another* instance reaches this one within that second.
+//! a logout handled by *another* instance reaches this one within that second. The reads that
+//! do reach the database are batched with those arriving alongside (`batched_lookup`).
 
 use std::{
     collections::HashMap,
@@ -17,21 +18,28 @@ use std::{
 use async_session::{Session, SessionStore};
 use sqlx::PgPool;
 
+use crate::batched_lookup::BatchedLookup;
+
 pub const CACHE_TTL: Duration = Duration::from_secs(1);
+/// Bounds one batched read; a request gives up sooner (its own timeout) and answers 503.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bounds memory: past this many entries the stale ones are dropped (and all, if none is).
 const CACHE_MAX: usize = 10_000;
 
 #[derive(Debug, Clone)]
 pub struct PgSessionStore {
     db: PgPool,
+    reads: BatchedLookup<serde_json::Value>,
     /// The stored JSON, not `Session`s: a `Session` clone shares its data with the original, and
     /// concurrent requests must each get their own copy.
     recent: Arc<Mutex<HashMap<String, (serde_json::Value, Instant)>>>,
 }
 
 impl PgSessionStore {
+    /// Needs a Tokio runtime: it starts the batched reader.
     pub fn new(db: PgPool) -> Self {
         Self {
+            reads: BatchedLookup::start(db.clone(), READ_TIMEOUT, unexpired_sessions),
             db,
             recent: Arc::default(),
         }
@@ -56,13 +64,11 @@ impl PgSessionStore {
     }
 
     /// The stored session, unless it has expired (and remembers it for a second).
-    async fn fetch(&self, id: &str) -> Result<Option<serde_json::Value>, sqlx::Error> {
-        let data: Option<serde_json::Value> = sqlx::query_scalar(
-            "SELECT data FROM sessions WHERE id = $1 AND (expires_at IS NULL OR expires_at > now())",
-        )
-        .bind(id)
-        .fetch_optional(&self.db)
-        .await?;
+    async fn fetch(
+        &self,
+        id: &str,
+    ) -> Result<Option<serde_json::Value>, crate::batched_lookup::LookupError> {
+        let data = self.reads.get(id).await?;
         if let Some(data) = &data {
             self.remember(id, data);
         }
@@ -91,6 +97,20 @@ impl PgSessionStore {
         .fetch_one(&self.db)
         .await
     }
+}
+
+/// The unexpired sessions among `ids` (one batch of `PgSessionStore::fetch`).
+async fn unexpired_sessions(
+    db: PgPool,
+    ids: Vec<String>,
+) -> Result<Vec<(String, serde_json::Value)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, data FROM sessions
+         WHERE id = ANY($1) AND (expires_at IS NULL OR expires_at > now())",
+    )
+    .bind(&ids)
+    .fetch_all(&db)
+    .await
 }
 
 #[async_session::async_trait]

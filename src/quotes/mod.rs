@@ -2,7 +2,6 @@
 
 pub mod queries;
 pub mod quote;
-pub mod reader;
 pub mod routes;
 pub mod views;
 

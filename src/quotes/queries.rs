@@ -49,6 +49,29 @@ pub async fn find(db: &PgPool, user_id: &str) -> Result<Option<StoredQuote>, sql
         .await
 }
 
+/// The quotes of several people at once, keyed by user id (for `batched_lookup`).
+pub async fn find_many(
+    db: PgPool,
+    user_ids: Vec<String>,
+) -> Result<Vec<(String, StoredQuote)>, sqlx::Error> {
+    let rows: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT user_id, message, updated_at FROM user_messages WHERE user_id = ANY($1)",
+    )
+    .bind(&user_ids)
+    .fetch_all(&db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(user_id, message, updated_at)| {
+            let quote = StoredQuote {
+                message,
+                updated_at,
+            };
+            (user_id, quote)
+        })
+        .collect())
+}
+
 /// Creates the quote, or replaces it when `precondition` allows. One statement, so two tabs
 /// cannot both win.
 pub async fn save(

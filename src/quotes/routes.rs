@@ -46,7 +46,7 @@ pub async fn home(Data(state): Data<&AppState>, session: Session) -> AppResult<R
         return Ok(vary(views::home_signed_out(&shell)));
     };
     let token = csrf::token(&session)?;
-    let card = match state.quotes.find(&user.sub).await? {
+    let card = match state.quotes.get(&user.sub).await? {
         Some(quote) => views::display(&quote, &token),
         None => views::form(&FormState::default(), &token),
     };
@@ -65,7 +65,7 @@ pub async fn show(
         return Ok(htmx::redirect(hx, "/"));
     }
     let token = csrf::token(&session)?;
-    let card = match state.quotes.find(&user.sub).await? {
+    let card = match state.quotes.get(&user.sub).await? {
         Some(quote) => views::display(&quote, &token),
         None => views::form(&FormState::default(), &token),
     };
@@ -81,7 +81,7 @@ pub async fn edit(
     SignedIn(user): SignedIn,
 ) -> AppResult<Response> {
     let token = csrf::token(&session)?;
-    let current = state.quotes.find(&user.sub).await?;
+    let current = state.quotes.get(&user.sub).await?;
     let form_state = FormState {
         text: current.as_ref().map_or("", |q| q.message.as_str()),
         version: current.as_ref().map(StoredQuote::version),

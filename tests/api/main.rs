@@ -2,6 +2,7 @@
 
 mod admin;
 mod auth;
+mod batched_lookup;
 mod browser;
 mod deploy_files;
 mod emulator;
@@ -9,7 +10,6 @@ mod foundation;
 mod hardening;
 mod helpers;
 mod observability;
-mod quote_reader;
 mod quotes;
 mod sync;
 mod webdriver;
