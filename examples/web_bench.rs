@@ -15,15 +15,16 @@ use std::{
     time::Duration,
 };
 
-use async_session::{Session, SessionStore};
-use quotebook::{
-    auth::{current_user::SessionUser, session_store::PgSessionStore},
-    local_postgres::LocalPostgres,
-};
+use async_session::Session;
+use quotebook::{auth::current_user::SessionUser, local_postgres::LocalPostgres};
 use sqlx::{ConnectOptions, Connection};
 
 const CONNECTIONS: u32 = 64;
-const USERS: usize = 64;
+/// Signed-in people whose requests rotate (as many as connections).
+const PEOPLE: usize = 64;
+/// Enough people that no session is read twice within the app's one-second memory of them.
+const CROWD: usize = 50_000;
+const CSRF: &str = "bench-csrf-token";
 const SIGNED_IN: &str = "GET / signed in, with a quote";
 
 struct Row {
@@ -87,36 +88,42 @@ async fn main() -> anyhow::Result<()> {
     wait_until_up(&base).await?;
 
     let pool = sqlx::PgPool::connect_with(cluster.connect_options("bench")).await?;
-    let (cookies, csrf) = signed_in_users_with_quotes(&pool).await?;
     let idle_rss = rss_mb(&app);
 
-    // Each request comes from the next of USERS signed-in people, as on a real site.
-    let cookie_list = cookies
-        .iter()
-        .map(|c| format!("\"{c}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let rotate = format!(
-        "cookies = {{ {cookie_list} }}\ni = 0\n\
-         request = function()\n  i = i % #cookies + 1\n  wrk.headers[\"Cookie\"] = cookies[i]\n  return wrk.format()\nend\n"
-    );
-    let get_script = dir.join("get.lua");
-    std::fs::write(&get_script, &rotate)?;
+    // Each request comes from the next of the signed-in people, as on a real site: PEOPLE of
+    // them (their sessions stay in the app's one-second memory), or CROWD (they never do).
+    let mut scripts = Vec::new();
+    for (name, count) in [("people", PEOPLE), ("crowd", CROWD)] {
+        let cookies = dir.join(format!("{name}.txt"));
+        std::fs::write(&cookies, signed_in_people(&pool, name, count).await?)?;
+        let script = dir.join(format!("{name}.lua"));
+        std::fs::write(&script, rotating_script(&cookies))?;
+        scripts.push(script);
+    }
+    let get_script = scripts[0].clone();
+    let crowd_script = scripts[1].clone();
     let put_script = dir.join("put.lua");
     std::fs::write(
         &put_script,
         format!(
-            "{rotate}wrk.method = \"PUT\"\nwrk.body = \"message=Benchmarking+is+a+kind+of+listening.\"\n\
+            "{}wrk.method = \"PUT\"\nwrk.body = \"message=Benchmarking+is+a+kind+of+listening.\"\n\
              wrk.headers[\"Content-Type\"] = \"application/x-www-form-urlencoded\"\n\
-             wrk.headers[\"HX-Request\"] = \"true\"\nwrk.headers[\"X-CSRF-Token\"] = \"{csrf}\"\n"
+             wrk.headers[\"HX-Request\"] = \"true\"\nwrk.headers[\"X-CSRF-Token\"] = \"{CSRF}\"\n",
+            rotating_script(&dir.join("people.txt"))
         ),
     )?;
 
     let get_script = format!("-s{}", get_script.display());
     let put_script = format!("-s{}", put_script.display());
-    let scenarios: [(&'static str, String, Option<&str>); 4] = [
+    let crowd_script = format!("-s{}", crowd_script.display());
+    let scenarios: [(&'static str, String, Option<&str>); 5] = [
         ("GET / signed out", format!("{base}/"), None),
         (SIGNED_IN, format!("{base}/"), Some(&get_script)),
+        (
+            "GET / signed in, 50k people",
+            format!("{base}/"),
+            Some(&crowd_script),
+        ),
         (
             "PUT /quote (htmx)",
             format!("{base}/quote"),
@@ -200,33 +207,28 @@ async fn wait_until_up(base: &str) -> anyhow::Result<()> {
     anyhow::bail!("the app did not become ready")
 }
 
-/// Signed-in sessions with a quote each, created through the app's own session store.
-async fn signed_in_users_with_quotes(pool: &sqlx::PgPool) -> anyhow::Result<(Vec<String>, String)> {
-    let mut cookies = Vec::new();
-    let csrf = "bench-csrf-token".to_owned();
-    for n in 0..USERS {
-        let user_id = format!("auth0|bench{n}");
-        sqlx::query("INSERT INTO users (user_id, email, name) VALUES ($1, $2, $3)")
-            .bind(&user_id)
-            .bind(format!("bench{n}@example.com"))
-            .bind(format!("Bench {n}"))
-            .execute(pool)
-            .await?;
-        sqlx::query(
-            "INSERT INTO user_messages (user_id, message) VALUES ($1, 'To measure is to know.')",
-        )
-        .bind(&user_id)
-        .execute(pool)
-        .await?;
+/// `count` signed-in people with a quote each, written in bulk the way the app stores them;
+/// returns their cookies, one per line.
+async fn signed_in_people(
+    pool: &sqlx::PgPool,
+    prefix: &str,
+    count: usize,
+) -> anyhow::Result<String> {
+    let mut user_ids = Vec::with_capacity(count);
+    let mut session_ids = Vec::with_capacity(count);
+    let mut session_data = Vec::with_capacity(count);
+    let mut cookies = String::new();
+    for n in 0..count {
+        let user_id = format!("auth0|{prefix}{n}");
         let mut session = Session::new();
         session.insert("created_at", chrono::Utc::now().timestamp())?;
-        session.insert("csrf_token", &csrf)?;
+        session.insert("csrf_token", CSRF)?;
         session.insert(
             "user",
             SessionUser {
-                sub: user_id,
+                sub: user_id.clone(),
                 name: Some(format!("Bench {n}")),
-                email: Some(format!("bench{n}@example.com")),
+                email: Some(format!("{prefix}{n}@example.com")),
                 email_verified: true,
                 picture: None,
                 roles: vec![],
@@ -234,13 +236,51 @@ async fn signed_in_users_with_quotes(pool: &sqlx::PgPool) -> anyhow::Result<(Vec
             },
         )?;
         session.expire_in(Duration::from_secs(86_400));
-        let value = PgSessionStore::new(pool.clone())
-            .store_session(session)
-            .await?
+        session_ids.push(session.id().to_owned());
+        session_data.push(serde_json::to_value(&session)?);
+        let value = session
+            .into_cookie_value()
             .ok_or_else(|| anyhow::anyhow!("no cookie value"))?;
-        cookies.push(format!("quotebook_session={value}"));
+        cookies.push_str(&format!("quotebook_session={value}\n"));
+        user_ids.push(user_id);
     }
-    Ok((cookies, csrf))
+    sqlx::query(
+        "INSERT INTO users (user_id, email, name)
+         SELECT id, split_part(id, '|', 2) || '@example.com', 'Bench' FROM unnest($1::text[]) AS id",
+    )
+    .bind(&user_ids)
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO user_messages (user_id, message)
+         SELECT id, 'To measure is to know.' FROM unnest($1::text[]) AS id",
+    )
+    .bind(&user_ids)
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO sessions (id, expires_at, data)
+         SELECT id, now() + interval '1 day', data FROM unnest($1::text[], $2::jsonb[]) AS s(id, data)",
+    )
+    .bind(&session_ids)
+    .bind(&session_data)
+    .execute(pool)
+    .await?;
+    Ok(cookies)
+}
+
+/// A wrk script sending each request as the next person in `cookies_file`; each wrk thread
+/// starts at a different place in the list.
+fn rotating_script(cookies_file: &std::path::Path) -> String {
+    format!(
+        "cookies = {{}}\n\
+         for line in io.lines(\"{}\") do cookies[#cookies + 1] = line end\n\
+         local threads = 0\n\
+         function setup(thread) thread:set(\"start\", threads * 7919); threads = threads + 1 end\n\
+         function init(args) i = start or 0 end\n\
+         function request()\n  i = i % #cookies + 1\n  wrk.headers[\"Cookie\"] = cookies[i]\n  return wrk.format()\nend\n",
+        cookies_file.display()
+    )
 }
 
 fn rss_mb(child: &Child) -> f64 {
@@ -332,7 +372,7 @@ fn parse_duration_ms(value: &str) -> f64 {
 
 /// What `PUT /quote` runs, with the bench's people: the write path's ceiling.
 const SAVE_SQL: &str = "\\set n random(0, 63)
-INSERT INTO user_messages (user_id, message) VALUES ('auth0|bench' || :n, 'Benchmarking is a kind of listening.')
+INSERT INTO user_messages (user_id, message) VALUES ('auth0|people' || :n, 'Benchmarking is a kind of listening.')
     ON CONFLICT (user_id) DO UPDATE SET message = EXCLUDED.message, updated_at = clock_timestamp();
 ";
 
