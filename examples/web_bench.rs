@@ -70,25 +70,27 @@ async fn main() -> anyhow::Result<()> {
     admin.close().await?;
 
     let port = free_port()?;
-    let mut app = Command::new(&binary)
-        .arg("serve")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("PORT", port.to_string())
-        .env("DATABASE_URL", cluster.url("bench"))
-        .env("AUTH0_EMULATOR_ADDR", "127.0.0.1:0")
-        .env("AUTH0_EMULATOR_PERSIST_KEY", "false")
-        .env("RUST_LOG", "warn")
-        // Lets a run try other runtime sizes (tokio reads it) without rebuilding.
-        .envs(std::env::var("TOKIO_WORKER_THREADS").map(|n| ("TOKIO_WORKER_THREADS", n)))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?;
+    let app = AppProcess(
+        Command::new(&binary)
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("PORT", port.to_string())
+            .env("DATABASE_URL", cluster.url("bench"))
+            .env("AUTH0_EMULATOR_ADDR", "127.0.0.1:0")
+            .env("AUTH0_EMULATOR_PERSIST_KEY", "false")
+            .env("RUST_LOG", "warn")
+            // Lets a run try other runtime sizes (tokio reads it) without rebuilding.
+            .envs(std::env::var("TOKIO_WORKER_THREADS").map(|n| ("TOKIO_WORKER_THREADS", n)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?,
+    );
     let base = format!("http://127.0.0.1:{port}");
     wait_until_up(&base).await?;
 
     let pool = sqlx::PgPool::connect_with(cluster.connect_options("bench")).await?;
-    let idle_rss = rss_mb(&app);
+    let idle_rss = rss_mb(&app.0);
 
     // Each request comes from the next of the signed-in people, as on a real site: PEOPLE of
     // them (their sessions stay in the app's one-second memory), or CROWD (they never do).
@@ -138,7 +140,7 @@ async fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for (name, url, script) in &scenarios {
         if wanted(name) {
-            rows.push(run_wrk(name, url, *script, seconds, &app)?);
+            rows.push(run_wrk(name, url, *script, seconds, &app.0)?);
         }
     }
     // The ceilings: pgbench's own read-only transaction, and the statement a save runs.
@@ -155,8 +157,7 @@ async fn main() -> anyhow::Result<()> {
         None
     };
 
-    let _ = app.kill();
-    let _ = app.wait();
+    drop(app);
     pool.close().await;
     tokio::task::block_in_place(|| cluster.stop());
     let _ = std::fs::remove_dir_all(&dir);
@@ -187,6 +188,17 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The app under test, killed when the bench ends, on an error too (the cluster stops itself
+/// on drop).
+struct AppProcess(Child);
+
+impl Drop for AppProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn free_port() -> std::io::Result<u16> {

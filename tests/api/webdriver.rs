@@ -5,6 +5,7 @@
 
 use std::{
     net::TcpListener,
+    os::unix::process::CommandExt,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -41,18 +42,24 @@ pub fn find_browser() -> std::result::Result<(PathBuf, PathBuf), String> {
     }
 }
 
-/// A chromedriver process (killed on drop) with one browser session.
+/// A chromedriver process with one browser session. On drop the whole process group goes:
+/// killing chromedriver alone would leave its Chromium processes running.
 pub struct Browser {
     driver: Child,
     http: reqwest::Client,
     base: String,
     session: String,
+    profile: std::path::PathBuf,
 }
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        if let Ok(group) = i32::try_from(self.driver.id()) {
+            // SAFETY: kill(2) with a negative pid signals that process group; no memory involved.
+            unsafe { libc::kill(-group, libc::SIGKILL) };
+        }
         let _ = self.driver.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
 
@@ -68,6 +75,8 @@ impl Browser {
             .port();
         let driver = Command::new(driver_path)
             .arg(format!("--port={port}"))
+            // Its own process group, which Chromium joins, so drop can end them all.
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -77,13 +86,14 @@ impl Browser {
             .build()
             .map_err(|e| e.to_string())?;
         let base = format!("http://127.0.0.1:{port}");
+        let profile = std::env::temp_dir().join(format!("quotebook-chromium-{port}"));
         let mut browser = Self {
             driver,
             http,
             base,
             session: String::new(),
+            profile: profile.clone(),
         };
-        let profile = std::env::temp_dir().join(format!("quotebook-chromium-{port}"));
         let capabilities = json!({
             "capabilities": { "alwaysMatch": {
                 "browserName": "chrome",
