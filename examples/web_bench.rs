@@ -25,6 +25,11 @@ const PEOPLE: usize = 64;
 /// Enough people that no session is read twice within the app's one-second memory of them.
 const CROWD: usize = 50_000;
 const CSRF: &str = "bench-csrf-token";
+/// Turns a rotating script's requests into the htmx save the page sends (plus its CSRF header).
+const PUT_REQUEST: &str = "wrk.method = \"PUT\"\n\
+    wrk.body = \"message=Benchmarking+is+a+kind+of+listening.\"\n\
+    wrk.headers[\"Content-Type\"] = \"application/x-www-form-urlencoded\"\n\
+    wrk.headers[\"HX-Request\"] = \"true\"\n";
 const SIGNED_IN: &str = "GET / signed in, with a quote";
 
 struct Row {
@@ -94,30 +99,15 @@ async fn main() -> anyhow::Result<()> {
 
     // Each request comes from the next of the signed-in people, as on a real site: PEOPLE of
     // them (their sessions stay in the app's one-second memory), or CROWD (they never do).
-    let mut scripts = Vec::new();
-    for (name, count) in [("people", PEOPLE), ("crowd", CROWD)] {
-        let cookies = dir.join(format!("{name}.txt"));
-        std::fs::write(&cookies, signed_in_people(&pool, name, count).await?)?;
-        let script = dir.join(format!("{name}.lua"));
-        std::fs::write(&script, rotating_script(&cookies))?;
-        scripts.push(script);
-    }
-    let get_script = scripts[0].clone();
-    let crowd_script = scripts[1].clone();
-    let put_script = dir.join("put.lua");
-    std::fs::write(
-        &put_script,
-        format!(
-            "{}wrk.method = \"PUT\"\nwrk.body = \"message=Benchmarking+is+a+kind+of+listening.\"\n\
-             wrk.headers[\"Content-Type\"] = \"application/x-www-form-urlencoded\"\n\
-             wrk.headers[\"HX-Request\"] = \"true\"\nwrk.headers[\"X-CSRF-Token\"] = \"{CSRF}\"\n",
-            rotating_script(&dir.join("people.txt"))
-        ),
+    let people = rotating_script(&signed_in_people(&pool, &dir, "people", PEOPLE).await?);
+    let crowd = rotating_script(&signed_in_people(&pool, &dir, "crowd", CROWD).await?);
+    let get_script = write_script(&dir, "get.lua", &people)?;
+    let crowd_script = write_script(&dir, "crowd.lua", &crowd)?;
+    let put_script = write_script(
+        &dir,
+        "put.lua",
+        &format!("{people}{PUT_REQUEST}wrk.headers[\"X-CSRF-Token\"] = \"{CSRF}\"\n"),
     )?;
-
-    let get_script = format!("-s{}", get_script.display());
-    let put_script = format!("-s{}", put_script.display());
-    let crowd_script = format!("-s{}", crowd_script.display());
     let scenarios: [(&'static str, String, Option<&str>); 5] = [
         ("GET / signed out", format!("{base}/"), None),
         (SIGNED_IN, format!("{base}/"), Some(&get_script)),
@@ -220,12 +210,13 @@ async fn wait_until_up(base: &str) -> anyhow::Result<()> {
 }
 
 /// `count` signed-in people with a quote each, written in bulk the way the app stores them;
-/// returns their cookies, one per line.
+/// returns the file that lists their cookies, one per line.
 async fn signed_in_people(
     pool: &sqlx::PgPool,
+    dir: &std::path::Path,
     prefix: &str,
     count: usize,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<std::path::PathBuf> {
     let mut user_ids = Vec::with_capacity(count);
     let mut session_ids = Vec::with_capacity(count);
     let mut session_data = Vec::with_capacity(count);
@@ -278,7 +269,16 @@ async fn signed_in_people(
     .bind(&session_data)
     .execute(pool)
     .await?;
-    Ok(cookies)
+    let file = dir.join(format!("{prefix}.txt"));
+    std::fs::write(&file, cookies)?;
+    Ok(file)
+}
+
+/// Writes a wrk script into `dir`; returns wrk's argument for it.
+fn write_script(dir: &std::path::Path, name: &str, text: &str) -> anyhow::Result<String> {
+    let path = dir.join(name);
+    std::fs::write(&path, text)?;
+    Ok(format!("-s{}", path.display()))
 }
 
 /// A wrk script sending each request as the next person in `cookies_file`; each wrk thread

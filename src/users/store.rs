@@ -4,7 +4,6 @@
 //! 100k users costs a hundred round trips, not a hundred thousand.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::{PgExecutor, PgPool};
 
 use super::auth0_user::Auth0User;
@@ -209,8 +208,8 @@ pub async fn purge_deleted(db: impl PgExecutor<'_>, after_days: u32) -> Result<u
     Ok(result.rows_affected())
 }
 
-/// A user as the admin API shows it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+/// A row of `users` as the admin page and API read it.
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct UserRow {
     pub user_id: String,
     pub email: Option<String>,
