@@ -19,6 +19,9 @@ FROM chef AS builder
 # Fly passes no secrets to builds). Our own crate has no query macros.
 ENV SQLX_OFFLINE=true
 COPY --from=planner /app/recipe.json recipe.json
+# The patched sqlx-postgres (vendor/README.md) is a dependency, not a workspace member: the cook
+# step builds it from these sources.
+COPY vendor vendor
 # Same profile, lockfile and features as the final build, or the cooked layer would not be reused.
 RUN cargo chef cook --release --locked --no-default-features --recipe-path recipe.json
 COPY . .
