@@ -325,6 +325,10 @@ fn csv_cell(value: Option<&Value>) -> String {
 fn export_json(user: &User, fields: &[Field]) -> Value {
     let mut object = Map::new();
     for field in fields {
+        if let Some(value) = user.as_sent.get(&field.name) {
+            object.insert(field.name.clone(), value.clone());
+            continue;
+        }
         let value = match field.name.as_str() {
             "user_id" => json!(user.user_id),
             "email" => json!(user.email),

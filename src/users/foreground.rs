@@ -116,8 +116,15 @@ pub fn summary(run: &SyncRun) -> String {
         _ => String::new(),
     };
     let mut line = format!(
-        "sync run #{} ({}) {}{took}: fetched {}, upserted {}, marked deleted {}, {} pages",
-        run.id, run.mode, run.status, run.fetched, run.upserted, run.deleted, run.pages
+        "sync run #{} ({}) {}{took}: fetched {}, upserted {}, marked deleted {}, skipped {}, {} pages",
+        run.id,
+        run.mode,
+        run.status,
+        run.fetched,
+        run.upserted,
+        run.deleted,
+        run.skipped,
+        run.pages
     );
     if let Some(error) = &run.error {
         line.push_str(&format!("; error: {error}"));

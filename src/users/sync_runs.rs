@@ -74,6 +74,8 @@ pub struct SyncRun {
     pub fetched: i32,
     pub upserted: i32,
     pub deleted: i32,
+    /// Profiles received but not stored (no usable `user_id`, or values Postgres refused).
+    pub skipped: i32,
     pub pages: i32,
     /// Users Auth0 reported for this run, when known (progress = fetched / total).
     pub total: Option<i32>,
@@ -104,6 +106,7 @@ struct Row {
     fetched: i32,
     upserted: i32,
     deleted: i32,
+    skipped: i32,
     pages: i32,
     total: Option<i32>,
     attempts: i32,
@@ -130,6 +133,7 @@ impl TryFrom<Row> for SyncRun {
             fetched: row.fetched,
             upserted: row.upserted,
             deleted: row.deleted,
+            skipped: row.skipped,
             pages: row.pages,
             total: row.total,
             attempts: row.attempts,
@@ -139,7 +143,7 @@ impl TryFrom<Row> for SyncRun {
 }
 
 const COLUMNS: &str = "id, trigger, mode, status, created_at, started_at, finished_at, fetched, \
-                       upserted, deleted, pages, total, attempts, error";
+                       upserted, deleted, skipped, pages, total, attempts, error";
 
 /// A queued or running row whose heartbeat is older than this belongs to a dead process.
 pub const STALE_AFTER_MINUTES: i32 = 15;
@@ -243,7 +247,7 @@ pub async fn start_attempt(db: &PgPool, id: i64) -> Result<Option<SyncRun>, sqlx
     let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE sync_runs SET status = 'running', started_at = coalesce(started_at, now()),
              attempts = attempts + 1, heartbeat_at = now(),
-             fetched = 0, upserted = 0, deleted = 0, pages = 0
+             fetched = 0, upserted = 0, deleted = 0, skipped = 0, pages = 0
          WHERE id = $1 AND status IN ('queued', 'running')
          RETURNING {COLUMNS}"
     )))
@@ -256,9 +260,12 @@ pub async fn start_attempt(db: &PgPool, id: i64) -> Result<Option<SyncRun>, sqlx
 /// Counters as a run goes; also its heartbeat.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Progress {
+    /// Profiles received, stored or not.
     pub fetched: u64,
     pub upserted: u64,
     pub deleted: u64,
+    /// Profiles received but not stored.
+    pub skipped: u64,
     pub pages: u64,
     pub total: Option<u64>,
 }
@@ -274,7 +281,7 @@ pub async fn record_progress(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE sync_runs SET fetched = $2, upserted = $3, deleted = $4, pages = $5,
-             total = coalesce($6, total), heartbeat_at = now()
+             total = coalesce($6, total), skipped = $7, heartbeat_at = now()
          WHERE id = $1 AND status = 'running'",
     )
     .bind(id)
@@ -283,6 +290,7 @@ pub async fn record_progress(
     .bind(int(progress.deleted))
     .bind(int(progress.pages))
     .bind(progress.total.map(int))
+    .bind(int(progress.skipped))
     .execute(db)
     .await?;
     Ok(())
@@ -297,7 +305,7 @@ pub async fn finish(
     let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE sync_runs SET status = 'succeeded', finished_at = now(), heartbeat_at = now(),
              error = NULL, fetched = $2, upserted = $3, deleted = $4, pages = $5,
-             total = coalesce($6, total)
+             total = coalesce($6, total), skipped = $7
          WHERE id = $1 AND status IN ('queued', 'running')
          RETURNING {COLUMNS}"
     )))
@@ -307,6 +315,7 @@ pub async fn finish(
     .bind(int(progress.deleted))
     .bind(int(progress.pages))
     .bind(progress.total.map(int))
+    .bind(int(progress.skipped))
     .fetch_optional(db)
     .await?;
     row.map(SyncRun::try_from).transpose()

@@ -57,10 +57,38 @@ async fn no_overlap_fixture(seed: usize) -> Fixture {
 }
 
 async fn fixture_with(seed: usize, api: ApiOptions, options: SyncOptions) -> Fixture {
+    fixture_on(EmulatorConfig::for_tests(), seed, api, options).await
+}
+
+/// A tenant holding `profiles` (a users file, written exactly as the Management API returns
+/// users) besides `seed` demo users.
+async fn fixture_from_file(
+    profiles: serde_json::Value,
+    seed: usize,
+    options: SyncOptions,
+) -> Fixture {
+    let path = std::env::temp_dir().join(format!(
+        "quotebook-users-{}.json",
+        crate::helpers::random_suffix()
+    ));
+    std::fs::write(&path, profiles.to_string()).expect("write the users file");
+    let config = EmulatorConfig {
+        users_file: Some(path.clone()),
+        ..EmulatorConfig::for_tests()
+    };
+    let f = fixture_on(config, seed, fast_api_options(), options).await;
+    let _ = std::fs::remove_file(path);
+    f
+}
+
+async fn fixture_on(
+    config: EmulatorConfig,
+    seed: usize,
+    api: ApiOptions,
+    options: SyncOptions,
+) -> Fixture {
     quotebook::telemetry::init(false);
-    let emulator = Emulator::start(EmulatorConfig::for_tests())
-        .await
-        .expect("emulator starts");
+    let emulator = Emulator::start(config).await.expect("emulator starts");
     emulator.users().seed(seed);
     let cluster = cluster();
     let db_name = cluster.create_database().await;
@@ -367,7 +395,7 @@ async fn a_user_who_signed_in_during_a_full_sync_is_not_deleted() {
 async fn a_newer_row_is_never_replaced_by_an_older_profile() {
     let f = fixture(0).await;
     let profile = |name: &str, updated: &str| {
-        Auth0User::from_json(&format!(
+        Auth0User::parse(&format!(
             r#"{{"user_id":"auth0|x","name":"{name}","updated_at":"{updated}"}}"#
         ))
         .unwrap()
@@ -652,4 +680,226 @@ async fn all_ids(f: &Fixture) -> Vec<String> {
         .fetch_all(&f.db)
         .await
         .unwrap()
+}
+
+/// Profiles as real tenants hold them: NULs anywhere, a `user_id` no database can hold.
+fn dirty_profiles() -> serde_json::Value {
+    serde_json::json!([
+        // The issue's value: one NUL in user_metadata stored 0 users (22P05).
+        {"user_id": "auth0|meta", "email": "meta@example.com", "user_metadata": {"note": "a\u{0}b"},
+         "created_at": "2024-01-01T00:00:00.000Z", "updated_at": "2024-01-01T00:00:00.000Z"},
+        // A NUL in name failed as 22021.
+        {"user_id": "auth0|name", "email": "name@example.com", "name": "Ada\u{0} Lovelace",
+         "nickname": "ada\u{0}", "created_at": "2024-01-02T00:00:00.000Z"},
+        // And in app_metadata keys, identities (a social provider's profile data).
+        {"user_id": "google-oauth2|1234", "email": "social@example.com",
+         "app_metadata": {"plan\u{0}": ["gold\u{0}"]},
+         "identities": [{"provider": "google-oauth2", "user_id": "1234", "connection": "google-oauth2",
+                         "isSocial": true, "profileData": {"locale": "en\u{0}"}}],
+         "created_at": "2024-01-03T00:00:00.000Z"},
+        // An id that cannot be stored without becoming another user's: skipped.
+        {"user_id": "auth0|nul\u{0}id", "email": "nulid@example.com", "created_at": "2024-01-04T00:00:00.000Z"},
+    ])
+}
+
+async fn user_json(f: &Fixture, user_id: &str, column: &str) -> Option<serde_json::Value> {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT {column} FROM users WHERE user_id = $1"
+    )))
+    .bind(user_id)
+    .fetch_one(&f.db)
+    .await
+    .expect("the user's row")
+}
+
+async fn assert_dirty_profiles_stored_clean(f: &Fixture) {
+    assert_eq!(
+        user_json(f, "auth0|meta", "user_metadata").await,
+        Some(serde_json::json!({"note": "ab"}))
+    );
+    let name = store::get(&f.db, "auth0|name").await.unwrap().unwrap();
+    assert_eq!(name.name.as_deref(), Some("Ada Lovelace"));
+    assert_eq!(name.nickname.as_deref(), Some("ada"));
+    assert_eq!(
+        user_json(f, "google-oauth2|1234", "app_metadata").await,
+        Some(serde_json::json!({"plan": ["gold"]}))
+    );
+    let identities = user_json(f, "google-oauth2|1234", "identities")
+        .await
+        .unwrap();
+    assert_eq!(identities[0]["profileData"]["locale"], "en");
+    let raw = user_json(f, "auth0|meta", "raw").await.unwrap();
+    assert_eq!(
+        raw["user_metadata"]["note"], "ab",
+        "the raw profile follows the same rule"
+    );
+    assert_eq!(
+        f.count("SELECT count(*) FROM users WHERE email = 'nulid@example.com'")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn dirty_profiles_are_stored_clean_or_skipped_never_failing_a_run() {
+    let f = fixture_from_file(dirty_profiles(), 3, SyncOptions::default()).await;
+    // The emulator serves the profiles exactly as the file has them.
+    let page = f
+        .syncer
+        .api()
+        .list_users(&quotebook::users::auth0_api::UsersQuery {
+            per_page: 100,
+            q: Some("email:\"meta@example.com\"".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        page.users[0].get().contains(r#""note":"a\u0000b""#),
+        "{}",
+        page.users[0].get()
+    );
+
+    let full = f.sync(SyncMode::Full).await;
+    assert_eq!(full.fetched, 7, "every profile received is counted");
+    assert_eq!(full.upserted, 6);
+    assert_eq!(full.skipped, 1, "the NUL user_id");
+    assert_dirty_profiles_stored_clean(&f).await;
+
+    // Every later run succeeds too, incremental and full: nothing about them is final.
+    f.emulator
+        .users()
+        .update(
+            "auth0|meta",
+            UserPatch {
+                user_metadata: Some(
+                    serde_json::from_value(serde_json::json!({"more": "c\u{0}d"})).unwrap(),
+                ),
+                ..UserPatch::default()
+            },
+        )
+        .unwrap();
+    let incremental = f.sync(SyncMode::Incremental).await;
+    assert_eq!(incremental.mode, SyncMode::Incremental);
+    assert!(incremental.upserted >= 1);
+    assert_eq!(
+        user_json(&f, "auth0|meta", "user_metadata").await,
+        Some(serde_json::json!({"note": "ab", "more": "cd"}))
+    );
+    let again = f.sync(SyncMode::Full).await;
+    assert_eq!((again.skipped, again.deleted), (1, 0));
+    assert_eq!(f.live_users().await, 6);
+}
+
+#[tokio::test]
+async fn dirty_profiles_in_an_export_are_stored_clean_or_skipped() {
+    // Paging reaches 2 users here, so the full sync takes the export path (gzipped NDJSON).
+    let options = SyncOptions {
+        paging_limit: 2,
+        ..SyncOptions::default()
+    };
+    let f = fixture_from_file(dirty_profiles(), 3, options).await;
+    let run = f.sync(SyncMode::Full).await;
+    assert!(
+        f.emulator.faults().management_requests() < 11,
+        "an export, not pages"
+    );
+    assert_eq!((run.fetched, run.upserted, run.skipped), (7, 6, 1));
+    assert_dirty_profiles_stored_clean(&f).await;
+}
+
+#[tokio::test]
+async fn a_profile_postgres_refuses_is_isolated_and_its_batch_still_written() {
+    let f = fixture(0).await;
+    let user = |i: usize| {
+        Auth0User::parse(&format!(r#"{{"user_id":"auth0|{i}","name":"n{i}"}}"#)).unwrap()
+    };
+    let mut batch: Vec<Auth0User> = (0..10).map(user).collect();
+    // Values that reach Postgres unchecked (built by hand, not parsed): a NUL in text (22021)
+    // and an id too large for the primary key's index (54000).
+    batch[3].name = Some("bad\0name".into());
+    let incompressible: String = (0..2000).map(|_| crate::helpers::random_suffix()).collect();
+    batch[7].user_id = format!("auth0|{incompressible}");
+    // Seen before, so being skipped must not make it look deleted.
+    sqlx::query(
+        "INSERT INTO users (user_id, synced_at) VALUES ('auth0|3', now() - interval '1 day')",
+    )
+    .execute(&f.db)
+    .await
+    .unwrap();
+    let outcome = store::write_profiles(&f.db, &batch).await.unwrap();
+    assert_eq!(outcome.written.upserted, 8);
+    let mut skipped: Vec<&str> = outcome.skipped.iter().map(|(id, _)| id.as_str()).collect();
+    skipped.sort();
+    assert_eq!(skipped.len(), 2);
+    assert_eq!(skipped[0], "auth0|3");
+    assert!(
+        outcome.skipped.iter().any(|(_, why)| why.contains("0x00")),
+        "{:?}",
+        outcome.skipped
+    );
+    assert_eq!(f.count("SELECT count(*) FROM users").await, 9);
+    assert_eq!(
+        f.count("SELECT count(*) FROM users WHERE user_id = 'auth0|3' AND synced_at > now() - interval '1 minute'")
+            .await,
+        1,
+        "a skipped user is still marked as seen"
+    );
+}
+
+#[tokio::test]
+async fn string_booleans_are_read_and_unknown_values_never_erase_known_ones() {
+    let profiles = serde_json::json!([
+        {"user_id": "auth0|t", "email": "t@example.com", "email_verified": "true", "blocked": "false"},
+        {"user_id": "auth0|f", "email": "f@example.com", "email_verified": "false", "blocked": "true"},
+        {"user_id": "auth0|m", "email": "m@example.com", "email_verified": "maybe", "blocked": "",
+         "logins_count": "many"},
+    ]);
+    let f = fixture_from_file(profiles, 0, SyncOptions::default()).await;
+    // What the users' sign-ins stored before the sync (the ID tokens said verified).
+    sqlx::query(
+        "INSERT INTO users (user_id, email, email_verified, blocked, logins_count)
+         VALUES ('auth0|t', 't@example.com', true, NULL, NULL),
+                ('auth0|m', 'm@example.com', true, false, 4)",
+    )
+    .execute(&f.db)
+    .await
+    .unwrap();
+    // The emulator hands the strings out as Auth0 does.
+    let served = f.syncer.api().get_user("auth0|t").await.unwrap().unwrap();
+    assert!(
+        served.get().contains(r#""email_verified":"true""#),
+        "{}",
+        served.get()
+    );
+
+    f.sync(SyncMode::Full).await;
+    let db = f.db.clone();
+    let flags = |id: &'static str| {
+        let db = db.clone();
+        async move {
+            let row = store::get(&db, id).await.unwrap().unwrap();
+            (row.email_verified, row.blocked, row.logins_count)
+        }
+    };
+    assert_eq!(flags("auth0|t").await, (Some(true), Some(false), None));
+    assert_eq!(flags("auth0|f").await, (Some(false), Some(true), None));
+    assert_eq!(
+        flags("auth0|m").await,
+        (Some(true), Some(false), Some(4)),
+        "values of unknown meaning keep what sign-in stored"
+    );
+    // A known value does replace: Auth0 now says the address is unverified.
+    f.emulator
+        .users()
+        .update(
+            "auth0|t",
+            UserPatch {
+                email_verified: Some(false),
+                ..UserPatch::default()
+            },
+        )
+        .unwrap();
+    f.sync(SyncMode::Full).await;
+    assert_eq!(flags("auth0|t").await.0, Some(false));
 }
