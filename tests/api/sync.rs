@@ -903,3 +903,31 @@ async fn string_booleans_are_read_and_unknown_values_never_erase_known_ones() {
     f.sync(SyncMode::Full).await;
     assert_eq!(flags("auth0|t").await.0, Some(false));
 }
+
+#[tokio::test]
+async fn a_sign_in_with_a_nul_in_the_name_follows_the_same_rule() {
+    let app = crate::helpers::spawn_app().await;
+    let emulator = app.emulator.as_ref().expect("the in-process emulator");
+    let user = emulator
+        .users()
+        .create(NewUser {
+            name: Some("Grace\u{0} Hopper".into()),
+            nickname: Some("\u{0}grace".into()),
+            ..NewUser::with_email("grace@example.com")
+        })
+        .unwrap();
+    let response = app
+        .login_with(&crate::helpers::client(), "grace@example.com")
+        .await;
+    assert_eq!(
+        response.status(),
+        reqwest::StatusCode::SEE_OTHER,
+        "signed in"
+    );
+    let row = store::get(&app.db, &user.user_id)
+        .await
+        .unwrap()
+        .expect("the sign-in's row");
+    assert_eq!(row.name.as_deref(), Some("Grace Hopper"));
+    assert_eq!(row.nickname.as_deref(), Some("grace"));
+}
