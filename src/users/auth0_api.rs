@@ -651,4 +651,32 @@ mod tests {
         assert!(!format!("{api:?}").contains("super-secret-value"));
         assert_eq!(api.issuer().as_str(), "https://tenant.example/");
     }
+
+    #[test]
+    fn one_unreadable_profile_does_not_make_its_page_unreadable() {
+        // What JavaScript's JSON.stringify writes for a lone surrogate, and a number past f64.
+        let body = r#"{"start":0,"limit":100,"length":3,"total":3,"users":[
+            {"user_id":"auth0|a","name":"half an emoji \ud83d"},
+            {"user_id":"auth0|b","logins_count":1e400},
+            {"user_id":"auth0|c","name":"fine"}]}"#;
+        assert!(
+            serde_json::from_str::<serde_json::Value>(body).is_err(),
+            "serde_json alone fails"
+        );
+        let page: UsersPage = serde_json::from_str(body).unwrap();
+        let parsed: Vec<_> = page
+            .users
+            .iter()
+            .map(|u| crate::users::auth0_user::Auth0User::parse(u.get()))
+            .collect();
+        assert_eq!(
+            parsed[0].as_ref().unwrap().name.as_deref(),
+            Some("half an emoji \u{fffd}")
+        );
+        assert_eq!(
+            parsed[1].as_ref().unwrap_err().user_id.as_deref(),
+            Some("auth0|b")
+        );
+        assert_eq!(parsed[2].as_ref().unwrap().name.as_deref(), Some("fine"));
+    }
 }
