@@ -628,10 +628,19 @@ fn spawn_worker(
     f: &Fixture,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    // Far-off ticks: these tests trigger by hand.
+    spawn_scheduled_worker(f, "0 0 0 1 1 * 2099", "0 0 0 1 1 * 2099", shutdown)
+}
+
+fn spawn_scheduled_worker(
+    f: &Fixture,
+    incremental: &str,
+    full: &str,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
     let settings = quotebook::config::SyncSettings {
-        // Far-off ticks: these tests trigger by hand.
-        incremental_schedule: "0 0 0 1 1 * 2099".to_owned(),
-        full_schedule: "0 0 0 1 1 * 2099".to_owned(),
+        incremental_schedule: incremental.to_owned(),
+        full_schedule: full.to_owned(),
         purge_after_days: 30,
     };
     job::spawn_worker(
@@ -930,4 +939,72 @@ async fn a_sign_in_with_a_nul_in_the_name_follows_the_same_rule() {
         .expect("the sign-in's row");
     assert_eq!(row.name.as_deref(), Some("Grace Hopper"));
     assert_eq!(row.nickname.as_deref(), Some("grace"));
+}
+
+#[tokio::test]
+async fn every_full_tick_yields_a_full_run_even_when_both_schedules_fire_together() {
+    let f = fixture(5).await;
+    // Every second an incremental tick, every even second a full tick as well: the two fire in
+    // the same second, and each run (slowed by the tenant) is still under way at the next tick.
+    f.emulator.faults().set_latency(Duration::from_millis(1500));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let scheduled = spawn_scheduled_worker(&f, "* * * * * *", "*/2 * * * * *", async move {
+        let _ = stopped.await;
+    });
+    tokio::time::sleep(Duration::from_millis(6500)).await;
+    let _ = stop.send(());
+    scheduled.await.unwrap().unwrap();
+
+    // The ticks are over; a worker without schedules finishes what they queued.
+    f.emulator.faults().set_latency(Duration::ZERO);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let finisher = spawn_worker(&f, async move {
+        let _ = stopped.await;
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while sync_runs::in_flight(&f.db).await.unwrap().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "runs still in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(());
+    finisher.await.unwrap().unwrap();
+
+    let ticks: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT schedule_key, run_id FROM sync_schedule_ticks ORDER BY schedule_key",
+    )
+    .fetch_all(&f.db)
+    .await
+    .unwrap();
+    let full_ticks: Vec<&(String, i64)> = ticks
+        .iter()
+        .filter(|(key, _)| key.starts_with("full:"))
+        .collect();
+    assert!(full_ticks.len() >= 3, "full ticks in 6.5 s: {ticks:?}");
+    for (key, run_id) in &full_ticks {
+        let second = key.trim_start_matches("full:");
+        assert!(
+            ticks
+                .iter()
+                .any(|(k, _)| k == &format!("incremental:{second}")),
+            "the incremental schedule fired in the same second as {key}"
+        );
+        let run = sync_runs::get(&f.db, *run_id).await.unwrap().unwrap();
+        assert_eq!(run.mode, SyncMode::Full, "{key} was served by {run:?}");
+        assert_eq!(run.status, RunStatus::Succeeded, "{key}: {run:?}");
+        let tick = DateTime::from_timestamp(second.parse().unwrap(), 0).unwrap();
+        assert!(
+            run.finished_at.is_some_and(|done| done >= tick),
+            "{key} was served by a run that ended before it: {run:?}"
+        );
+    }
+    // Each tick made at most one run, and every run is accounted for by a tick.
+    let runs = f.count("SELECT count(*) FROM sync_runs").await;
+    assert!(
+        runs as usize <= ticks.len(),
+        "{runs} runs for {} ticks",
+        ticks.len()
+    );
 }
