@@ -283,6 +283,14 @@ fn chunked(body: Vec<u8>) -> reqwest::Body {
     reqwest::Body::wrap_stream(stream::iter(chunks))
 }
 
+/// The same bytes chunked and with a `Content-Length`.
+fn both_ways(body: Vec<u8>) -> [(&'static str, reqwest::Body); 2] {
+    [
+        ("chunked", chunked(body.clone())),
+        ("with Content-Length", reqwest::Body::from(body)),
+    ]
+}
+
 /// The quote form with `message` padded to `bytes` bytes in all.
 fn quote_form(token: &str, bytes: usize) -> Vec<u8> {
     let head = format!("csrf_token={token}&message=");
@@ -301,65 +309,34 @@ async fn an_over_limit_body_is_413_however_it_is_sent() {
 
     // The values: 65,600 bytes to `PUT /quote`, chunked and with a length, as htmx
     // sends it (a fragment) and as a plain form (a page).
-    for (how, body) in [
-        ("chunked", chunked(quote_form(&token, 65_600))),
-        (
-            "with Content-Length",
-            reqwest::Body::from(quote_form(&token, 65_600)),
-        ),
-    ] {
-        let response = client
-            .put(app.url("/quote"))
-            .header("content-type", form)
-            .header("hx-request", "true")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            response.status(),
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "htmx, {how}"
-        );
-        let html = response.text().await.unwrap();
-        assert!(html.contains("at most 64 KiB"), "htmx, {how}: {html}");
-        assert!(
-            !html.contains("<html"),
-            "htmx gets a fragment, {how}: {html}"
-        );
-    }
-    for (how, body) in [
-        ("chunked", chunked(quote_form(&token, 65_600))),
-        (
-            "with Content-Length",
-            reqwest::Body::from(quote_form(&token, 65_600)),
-        ),
-    ] {
-        let response = client
-            .post(app.url("/quote"))
-            .header("content-type", form)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            response.status(),
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "form, {how}"
-        );
-        let html = response.text().await.unwrap();
-        assert!(
-            html.contains("<html") && html.contains("at most 64 KiB"),
-            "form, {how}: {html}"
-        );
+    for htmx in [true, false] {
+        for (how, body) in both_ways(quote_form(&token, 65_600)) {
+            let request = if htmx {
+                client.put(app.url("/quote")).header("hx-request", "true")
+            } else {
+                client.post(app.url("/quote"))
+            };
+            let response = request
+                .header("content-type", form)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let what = format!("htmx: {htmx}, {how}");
+            assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE, "{what}");
+            let html = response.text().await.unwrap();
+            assert!(html.contains("at most 64 KiB"), "{what}: {html}");
+            assert_eq!(
+                html.contains("<html"),
+                !htmx,
+                "a fragment for htmx, a page for a form; {what}: {html}"
+            );
+        }
     }
 
     // 70 kB of JSON to the admin API: a problem document either way.
     let json = format!("{{\"mode\":\"full\",\"pad\":\"{}\"}}", "x".repeat(70_000));
-    for (how, body) in [
-        ("chunked", chunked(json.clone().into_bytes())),
-        ("with Content-Length", reqwest::Body::from(json.clone())),
-    ] {
+    for (how, body) in both_ways(json.into_bytes()) {
         let response = client
             .post(app.url("/api/admin/sync"))
             .bearer_auth(TOKEN)
