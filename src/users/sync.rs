@@ -615,7 +615,8 @@ impl Syncer {
         for (user_id, reason) in &skipped {
             tracing::warn!(
                 run = run_id,
-                user_id = user_id.as_deref().unwrap_or("(none)"),
+                // Debug: quoted and escaped, since an id may hold what a log line should not.
+                user_id = ?user_id.as_deref().unwrap_or("(none)"),
                 %reason,
                 "user profile skipped: it cannot be stored"
             );
