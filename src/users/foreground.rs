@@ -1,8 +1,9 @@
 //! `quotebook sync [--full]`: one sync in the foreground with a progress bar.
 //!
-//! The run is created like any other (so the admin page shows it and the in-flight index still
-//! allows one at a time) but executed here rather than through the queue. When a run is already
-//! in flight, the command follows that run instead of starting a second one.
+//! The run is created like any other (so the admin page shows it and one run executes at a
+//! time) but executed here rather than through the queue. When a run in flight already covers
+//! the request, the command follows that run instead; `--full` during an incremental run under
+//! way queues a full run behind it and executes it once that run ends.
 
 use std::time::Duration;
 

@@ -94,7 +94,8 @@ pub async fn enqueue(conn: &mut PgConnection, run: &SyncRun) -> Result<(), SyncE
 }
 
 /// Starts a sync (the admin API and the schedule call this): returns the new queued run and
-/// `true`, or the run already in flight and `false`.
+/// `true`, or the run in flight that covers the request and `false` (see
+/// [`sync_runs::create_or_in_flight`]).
 pub async fn trigger(
     db: &PgPool,
     mode: SyncMode,
