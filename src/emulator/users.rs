@@ -14,7 +14,7 @@ use std::{
 use anyhow::Context;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use rand::Rng;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value, json, value::RawValue};
 
 use super::search::{Filter, Range, Sort, SortField};
 
@@ -48,6 +48,10 @@ pub struct User {
     /// another shape than the emulator's own (`"email_verified": "true"`, as profiles from some
     /// connections carry it). A change to a field through the API drops its entry.
     pub as_sent: Map<String, Value>,
+    /// Like `as_sent`, for values kept as JSON text because serde_json cannot hold them: a lone
+    /// UTF-16 surrogate escape (`"\ud800"`), which JavaScript's `JSON.stringify` writes and so
+    /// Auth0 can return. Served verbatim by [`User::to_json_text`].
+    pub as_sent_text: Vec<(String, String)>,
 }
 
 /// Auth0's timestamp format: ISO 8601, milliseconds, `Z`.
@@ -142,6 +146,44 @@ impl User {
         }
         user
     }
+
+    /// `user` (this user's [`User::to_json`], fields possibly selected) as JSON text with the
+    /// fields kept as text added, those that `keep` accepts.
+    pub fn to_json_text(&self, user: Value, keep: impl Fn(&str) -> bool) -> Box<RawValue> {
+        with_text_fields(user, &self.as_sent_text, keep)
+    }
+}
+
+/// Adds `fields` (key, JSON text) to the object `object`, replacing same-named keys, without
+/// parsing the text. Texts that are not JSON at all are left out.
+pub fn with_text_fields(
+    mut object: Value,
+    fields: &[(String, String)],
+    keep: impl Fn(&str) -> bool,
+) -> Box<RawValue> {
+    let kept: Vec<&(String, String)> = fields
+        .iter()
+        .filter(|(key, text)| keep(key) && RawValue::from_string(text.clone()).is_ok())
+        .collect();
+    if let Some(map) = object.as_object_mut() {
+        for (key, _) in &kept {
+            map.remove(key);
+        }
+    }
+    let mut text = object.to_string();
+    if text.ends_with('}') {
+        for (key, value) in kept {
+            text.pop();
+            if text.len() > 1 {
+                text.push(',');
+            }
+            text.push_str(&Value::String(key.clone()).to_string());
+            text.push(':');
+            text.push_str(value);
+            text.push('}');
+        }
+    }
+    RawValue::from_string(text).unwrap_or_else(|_| RawValue::NULL.to_owned())
 }
 
 /// What a new user is made from; everything but `email` has a sensible default.
@@ -167,6 +209,8 @@ pub struct NewUser {
     pub logins_count: u64,
     /// See [`User::as_sent`].
     pub as_sent: Map<String, Value>,
+    /// See [`User::as_sent_text`].
+    pub as_sent_text: Vec<(String, String)>,
 }
 
 impl NewUser {
@@ -235,6 +279,7 @@ struct Extra {
     app_metadata: Map<String, Value>,
     user_metadata: Map<String, Value>,
     as_sent: Map<String, Value>,
+    as_sent_text: Vec<(String, String)>,
 }
 
 fn millis(at: DateTime<Utc>) -> i64 {
@@ -266,6 +311,7 @@ impl Stored {
             app_metadata: extra.map(|e| e.app_metadata.clone()).unwrap_or_default(),
             user_metadata: extra.map(|e| e.user_metadata.clone()).unwrap_or_default(),
             as_sent: extra.map(|e| e.as_sent.clone()).unwrap_or_default(),
+            as_sent_text: extra.map(|e| e.as_sent_text.clone()).unwrap_or_default(),
         }
     }
 
@@ -275,7 +321,8 @@ impl Stored {
             || user.family_name.is_some()
             || !user.app_metadata.is_empty()
             || !user.user_metadata.is_empty()
-            || !user.as_sent.is_empty();
+            || !user.as_sent.is_empty()
+            || !user.as_sent_text.is_empty();
         let extra = has_extra.then(|| {
             Box::new(Extra {
                 picture: user.picture,
@@ -284,6 +331,7 @@ impl Stored {
                 app_metadata: user.app_metadata,
                 user_metadata: user.user_metadata,
                 as_sent: user.as_sent,
+                as_sent_text: user.as_sent_text,
             })
         });
         let stored = Stored {
@@ -418,6 +466,7 @@ impl UserStore {
             app_metadata: new.app_metadata,
             user_metadata: new.user_metadata,
             as_sent: new.as_sent,
+            as_sent_text: new.as_sent_text,
         };
         inner.insert(user.clone());
         Ok(user)
@@ -446,6 +495,7 @@ impl UserStore {
         ] {
             if changed {
                 user.as_sent.remove(key);
+                user.as_sent_text.retain(|(k, _)| k != key);
             }
         }
         if let Some(email) = new_email {
@@ -483,6 +533,7 @@ impl UserStore {
         let now = inner.next_stamp();
         user.logins_count += 1;
         user.as_sent.remove("logins_count");
+        user.as_sent_text.retain(|(k, _)| k != "logins_count");
         user.last_login = Some(now);
         user.updated_at = now;
         inner.insert(user.clone());
@@ -552,6 +603,7 @@ impl UserStore {
                 app_metadata: Map::new(),
                 user_metadata: Map::new(),
                 as_sent: Map::new(),
+                as_sent_text: Vec::new(),
             };
             inner.insert(user);
             added += 1;
@@ -564,7 +616,7 @@ impl UserStore {
     pub fn load_file(&self, path: &Path) -> anyhow::Result<usize> {
         let raw = std::fs::read_to_string(path)
             .with_context(|| format!("reading users file {}", path.display()))?;
-        let users: Vec<Value> = serde_json::from_str(&raw).with_context(|| {
+        let users: Vec<Box<RawValue>> = serde_json::from_str(&raw).with_context(|| {
             format!(
                 "{} must be a JSON array of users like [{{\"email\": \"a@example.com\", \"name\": \"A\"}}]",
                 path.display()
@@ -572,7 +624,7 @@ impl UserStore {
         })?;
         let mut added = 0;
         for (index, user) in users.into_iter().enumerate() {
-            let new = imported_user(user)
+            let new = imported_user_text(&user)
                 .map_err(|e| anyhow::anyhow!("{}: user #{index}: {e}", path.display()))?;
             self.create(new)
                 .with_context(|| format!("{}: user #{index}", path.display()))?;
@@ -923,7 +975,34 @@ fn imported_user(profile: Value) -> Result<NewUser, String> {
         last_login,
         logins_count,
         as_sent,
+        as_sent_text: Vec::new(),
     })
+}
+
+/// Reads one profile of a users file from its JSON text. Fields whose value serde_json cannot
+/// hold (see [`User::as_sent_text`]) are kept as text; the rest is read by [`imported_user`].
+fn imported_user_text(text: &RawValue) -> Result<NewUser, String> {
+    if let Ok(value) = serde_json::from_str::<Value>(text.get()) {
+        return imported_user(value);
+    }
+    let fields: Vec<(String, Box<RawValue>)> =
+        serde_json::from_str::<std::collections::BTreeMap<String, Box<RawValue>>>(text.get())
+            .map_err(|e| format!("a user must be a JSON object ({e})"))?
+            .into_iter()
+            .collect();
+    let mut readable = Map::new();
+    let mut as_text = Vec::new();
+    for (key, value) in fields {
+        match serde_json::from_str::<Value>(value.get()) {
+            Ok(value) => {
+                readable.insert(key, value);
+            }
+            Err(_) => as_text.push((key, value.get().to_owned())),
+        }
+    }
+    let mut user = imported_user(Value::Object(readable))?;
+    user.as_sent_text = as_text;
+    Ok(user)
 }
 
 const FIRST_NAMES: &[&str] = &[

@@ -62,16 +62,12 @@ async fn fixture_with(seed: usize, api: ApiOptions, options: SyncOptions) -> Fix
 
 /// A tenant holding `profiles` (a users file, written exactly as the Management API returns
 /// users) besides `seed` demo users.
-async fn fixture_from_file(
-    profiles: serde_json::Value,
-    seed: usize,
-    options: SyncOptions,
-) -> Fixture {
+async fn fixture_from_file(profiles: String, seed: usize, options: SyncOptions) -> Fixture {
     let path = std::env::temp_dir().join(format!(
         "quotebook-users-{}.json",
         crate::helpers::random_suffix()
     ));
-    std::fs::write(&path, profiles.to_string()).expect("write the users file");
+    std::fs::write(&path, profiles).expect("write the users file");
     let config = EmulatorConfig {
         users_file: Some(path.clone()),
         ..EmulatorConfig::for_tests()
@@ -691,9 +687,13 @@ async fn all_ids(f: &Fixture) -> Vec<String> {
         .unwrap()
 }
 
-/// Profiles as real tenants hold them: NULs anywhere, a `user_id` no database can hold.
-fn dirty_profiles() -> serde_json::Value {
-    serde_json::json!([
+/// Profiles as real tenants hold them: NULs anywhere, a lone surrogate (as JavaScript's
+/// `JSON.stringify` writes half an emoji), a `user_id` no database can hold.
+fn dirty_profiles() -> String {
+    let surrogates = r#"{"user_id": "auth0|surrogate", "email": "surrogate@example.com",
+        "name": "half an emoji \ud83d", "user_metadata": {"e": "\udc00"},
+        "created_at": "2024-01-05T00:00:00.000Z"}"#;
+    let profiles = serde_json::json!([
         // The issue's value: one NUL in user_metadata stored 0 users (22P05).
         {"user_id": "auth0|meta", "email": "meta@example.com", "user_metadata": {"note": "a\u{0}b"},
          "created_at": "2024-01-01T00:00:00.000Z", "updated_at": "2024-01-01T00:00:00.000Z"},
@@ -709,6 +709,8 @@ fn dirty_profiles() -> serde_json::Value {
         // An id that cannot be stored without becoming another user's: skipped.
         {"user_id": "auth0|nul\u{0}id", "email": "nulid@example.com", "created_at": "2024-01-04T00:00:00.000Z"},
     ])
+    .to_string();
+    format!("{},{surrogates}]", profiles.trim_end_matches(']'))
 }
 
 async fn user_json(f: &Fixture, user_id: &str, column: &str) -> Option<serde_json::Value> {
@@ -747,6 +749,12 @@ async fn assert_dirty_profiles_stored_clean(f: &Fixture) {
             .await,
         0
     );
+    let surrogate = store::get(&f.db, "auth0|surrogate").await.unwrap().unwrap();
+    assert_eq!(surrogate.name.as_deref(), Some("half an emoji \u{fffd}"));
+    assert_eq!(
+        user_json(f, "auth0|surrogate", "user_metadata").await,
+        Some(serde_json::json!({"e": "\u{fffd}"}))
+    );
 }
 
 #[tokio::test]
@@ -763,6 +771,21 @@ async fn dirty_profiles_are_stored_clean_or_skipped_never_failing_a_run() {
         })
         .await
         .unwrap();
+    let all = f
+        .syncer
+        .api()
+        .list_users(&quotebook::users::auth0_api::UsersQuery {
+            per_page: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        all.users
+            .iter()
+            .any(|u| u.get().contains(r#""name":"half an emoji \ud83d""#)),
+        "the lone surrogate is served as Auth0 sends it"
+    );
     assert!(
         page.users[0].get().contains(r#""note":"a\u0000b""#),
         "{}",
@@ -770,8 +793,8 @@ async fn dirty_profiles_are_stored_clean_or_skipped_never_failing_a_run() {
     );
 
     let full = f.sync(SyncMode::Full).await;
-    assert_eq!(full.fetched, 7, "every profile received is counted");
-    assert_eq!(full.upserted, 6);
+    assert_eq!(full.fetched, 8, "every profile received is counted");
+    assert_eq!(full.upserted, 7);
     assert_eq!(full.skipped, 1, "the NUL user_id");
     assert_dirty_profiles_stored_clean(&f).await;
 
@@ -797,7 +820,7 @@ async fn dirty_profiles_are_stored_clean_or_skipped_never_failing_a_run() {
     );
     let again = f.sync(SyncMode::Full).await;
     assert_eq!((again.skipped, again.deleted), (1, 0));
-    assert_eq!(f.live_users().await, 6);
+    assert_eq!(f.live_users().await, 7);
 }
 
 #[tokio::test]
@@ -813,7 +836,7 @@ async fn dirty_profiles_in_an_export_are_stored_clean_or_skipped() {
         f.emulator.faults().management_requests() < 11,
         "an export, not pages"
     );
-    assert_eq!((run.fetched, run.upserted, run.skipped), (7, 6, 1));
+    assert_eq!((run.fetched, run.upserted, run.skipped), (8, 7, 1));
     assert_dirty_profiles_stored_clean(&f).await;
 }
 
@@ -864,7 +887,7 @@ async fn string_booleans_are_read_and_unknown_values_never_erase_known_ones() {
         {"user_id": "auth0|m", "email": "m@example.com", "email_verified": "maybe", "blocked": "",
          "logins_count": "many"},
     ]);
-    let f = fixture_from_file(profiles, 0, SyncOptions::default()).await;
+    let f = fixture_from_file(profiles.to_string(), 0, SyncOptions::default()).await;
     // What the users' sign-ins stored before the sync (the ID tokens said verified).
     sqlx::query(
         "INSERT INTO users (user_id, email, email_verified, blocked, logins_count)
