@@ -1265,6 +1265,65 @@ mod tests {
     }
 
     #[test]
+    fn text_fields_are_spliced_in_verbatim() {
+        let fields = vec![
+            ("name".to_owned(), r#""half \ud83d""#.to_owned()),
+            ("bad".to_owned(), "not json".to_owned()),
+            ("dropped".to_owned(), "1".to_owned()),
+        ];
+        let keep = |key: &str| key != "dropped";
+        let spliced = with_text_fields(json!({"name": "typed", "a": 1}), &fields, keep);
+        assert_eq!(spliced.get(), r#"{"a":1,"name":"half \ud83d"}"#);
+        assert_eq!(
+            with_text_fields(json!({}), &fields, keep).get(),
+            r#"{"name":"half \ud83d"}"#
+        );
+    }
+
+    #[test]
+    fn a_users_file_keeps_auth0_shapes() {
+        let store = UserStore::new();
+        let dir = std::env::temp_dir().join(format!("qb-users-{}", random_user_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("users.json");
+        std::fs::write(
+            &path,
+            r#"[{"email":"a@example.com","user_id":"auth0|a","email_verified":"true",
+                 "identities":[{"provider":"samlp"}],"name":"x\udc00"}]"#,
+        )
+        .unwrap();
+        assert_eq!(store.load_file(&path).unwrap(), 1);
+        let _ = std::fs::remove_dir_all(dir);
+        let user = store.get("auth0|a").unwrap();
+        assert!(user.email_verified, "the string means true to the emulator");
+        let served = user.to_json_text(user.to_json(), |_| true);
+        assert!(
+            served.get().contains(r#""email_verified":"true""#),
+            "{}",
+            served.get()
+        );
+        assert!(served.get().contains(r#""provider":"samlp""#));
+        assert!(served.get().contains(r#""name":"x\udc00""#));
+        let patched = store
+            .update(
+                "auth0|a",
+                UserPatch {
+                    email_verified: Some(false),
+                    name: Some("Ann".into()),
+                    ..UserPatch::default()
+                },
+            )
+            .unwrap();
+        let served = patched.to_json_text(patched.to_json(), |_| true);
+        assert!(
+            served.get().contains(r#""email_verified":false"#),
+            "{}",
+            served.get()
+        );
+        assert!(served.get().contains(r#""name":"Ann""#), "{}", served.get());
+    }
+
+    #[test]
     fn inverted_ranges_match_nothing() {
         let store = UserStore::new();
         store.seed(10);
