@@ -4,7 +4,7 @@
 //! below turns the poem app into a tower service (carrying poem's connection info across in an
 //! extension), the layers wrap it, and poem's `TowerCompatExt` turns the result back into an
 //! endpoint. Order, outermost first: request id, trace span, id propagation, security headers,
-//! compression, timeout, body limit, then the app.
+//! compression, timeout, then (poem side) the body limit (`web::body_limit`) and the app.
 
 use std::{
     convert::Infallible,
@@ -26,7 +26,6 @@ use poem::{
 use tower::ServiceBuilder;
 use tower_http::{
     compression::CompressionLayer,
-    limit::RequestBodyLimitLayer,
     map_response_body::MapResponseBodyLayer,
     request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
     set_header::SetResponseHeaderLayer,
@@ -63,8 +62,10 @@ pub fn wrap(
     app: impl IntoEndpoint<Endpoint: 'static>,
     settings: StackSettings,
 ) -> BoxEndpoint<'static> {
+    let body_limit = settings.body_limit;
     let inner = PoemService(Arc::new(
         app.into_endpoint()
+            .around(move |ep, req| crate::web::body_limit::read_within(ep, req, body_limit))
             .around(crate::error::render_errors)
             .around(crate::observability::observe)
             .map_to_response()
@@ -102,8 +103,7 @@ pub fn wrap(
         .layer(header("referrer-policy", "strict-origin-when-cross-origin"))
         .layer(header("x-frame-options", "DENY"))
         .layer(CompressionLayer::new())
-        .layer(RequestBodyLimitLayer::new(settings.body_limit))
-        // Inside the body limit, so a slow body upload counts against the timeout too.
+        // Outside the body limit, so a slow body upload counts against the timeout too.
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             settings.request_timeout,

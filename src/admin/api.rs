@@ -61,6 +61,9 @@ pub struct SyncRunView {
     pub fetched: i32,
     pub upserted: i32,
     pub deleted: i32,
+    /// Profiles received but not stored (each is logged with its `user_id`): no usable
+    /// `user_id`, or values Postgres refused even after removing U+0000.
+    pub skipped: i32,
     pub pages: i32,
     /// Users the provider reported, when known.
     pub total: Option<i32>,
@@ -80,6 +83,7 @@ impl From<SyncRun> for SyncRunView {
             fetched: run.fetched,
             upserted: run.upserted,
             deleted: run.deleted,
+            skipped: run.skipped,
             pages: run.pages,
             total: run.total,
             error: run.error,

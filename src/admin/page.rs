@@ -225,7 +225,7 @@ fn runs_table(runs: &[SyncRun]) -> Markup {
     html! {
         div.table-wrap {
             table {
-                thead { tr { th { "Run" } th { "Mode" } th { "Trigger" } th { "Status" } th { "Fetched" } th { "Upserted" } th { "Deleted" } th { "Finished" } } }
+                thead { tr { th { "Run" } th { "Mode" } th { "Trigger" } th { "Status" } th { "Fetched" } th { "Upserted" } th { "Deleted" } th { "Skipped" } th { "Finished" } } }
                 tbody {
                     @for run in runs {
                         tr {
@@ -236,10 +236,11 @@ fn runs_table(runs: &[SyncRun]) -> Markup {
                             td { (run.fetched) }
                             td { (run.upserted) }
                             td { (run.deleted) }
+                            td { (run.skipped) }
                             td { (run.finished_at.map_or("—".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())) }
                         }
                     }
-                    @if runs.is_empty() { tr { td colspan="8" { "No syncs yet." } } }
+                    @if runs.is_empty() { tr { td colspan="9" { "No syncs yet." } } }
                 }
             }
         }
@@ -267,7 +268,10 @@ fn progress(run: &SyncRun) -> Markup {
             } @else {
                 progress aria-label="Sync progress" {}
             }
-            p.muted { (run.fetched) " fetched, " (run.upserted) " saved, " (run.deleted) " marked deleted" }
+            p.muted {
+                (run.fetched) " fetched, " (run.upserted) " saved, " (run.deleted) " marked deleted"
+                @if run.skipped > 0 { ", " (run.skipped) " skipped (see the log)" }
+            }
             @if let Some(error) = &run.error { p.field-error { (error) } }
         }
     }

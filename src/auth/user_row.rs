@@ -1,9 +1,12 @@
 //! The `users` row a sign-in writes: created on first login, refreshed from the ID token's claims
 //! on later ones, without erasing the richer fields the sync copied from the Management API.
+//! Claims pass through the same storable rule as synced profiles (`users::storable`): a U+0000
+//! in a name never fails a sign-in.
 
 use sqlx::PgPool;
 
 use super::oidc::VerifiedLogin;
+use crate::users::storable;
 
 pub async fn upsert_from_login(db: &PgPool, login: &VerifiedLogin) -> Result<(), sqlx::Error> {
     sqlx::query(
@@ -20,11 +23,11 @@ pub async fn upsert_from_login(db: &PgPool, login: &VerifiedLogin) -> Result<(),
              deleted_at = NULL",
     )
     .bind(&login.sub)
-    .bind(&login.email)
+    .bind(login.email.as_deref().map(storable::text))
     .bind(login.email_verified)
-    .bind(&login.name)
-    .bind(&login.nickname)
-    .bind(&login.picture)
+    .bind(login.name.as_deref().map(storable::text))
+    .bind(login.nickname.as_deref().map(storable::text))
+    .bind(login.picture.as_deref().map(storable::text))
     .execute(db)
     .await?;
     Ok(())

@@ -325,6 +325,10 @@ fn csv_cell(value: Option<&Value>) -> String {
 fn export_json(user: &User, fields: &[Field]) -> Value {
     let mut object = Map::new();
     for field in fields {
+        if let Some(value) = user.as_sent.get(&field.name) {
+            object.insert(field.name.clone(), value.clone());
+            continue;
+        }
         let value = match field.name.as_str() {
             "user_id" => json!(user.user_id),
             "email" => json!(user.email),
@@ -363,7 +367,8 @@ fn build_file(job: &Job, users: &UserStore) -> std::io::Result<Bytes> {
     }
     for chunk in ids.chunks(CHUNK) {
         for user in users.get_many(chunk) {
-            let user = export_json(&user, &job.fields);
+            let stored = user;
+            let user = export_json(&stored, &job.fields);
             match job.format {
                 Format::Json => {
                     let mut line = Map::new();
@@ -372,7 +377,10 @@ fn build_file(job: &Job, users: &UserStore) -> std::io::Result<Bytes> {
                             line.insert(field.column().to_owned(), value.clone());
                         }
                     }
-                    serde_json::to_writer(&mut out, &line)?;
+                    let line = stored.to_json_text(Value::Object(line), |key| {
+                        job.fields.iter().any(|f| f.name == key)
+                    });
+                    out.write_all(line.get().as_bytes())?;
                     out.write_all(b"\n")?;
                 }
                 Format::Csv => {

@@ -11,7 +11,7 @@ use poem::{
     post,
     web::{Data, Path},
 };
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value, json, value::RawValue};
 
 use super::{
     AccessGrant, Shared, exports,
@@ -261,10 +261,17 @@ fn parse_flag(
 
 /// Applies `fields` / `include_fields` to a user object.
 fn select_fields(mut user: Value, fields: &Option<Vec<String>>, include: bool) -> Value {
-    if let (Some(fields), Some(object)) = (fields, user.as_object_mut()) {
-        object.retain(|key, _| fields.iter().any(|f| f == key) == include);
+    if let Some(object) = user.as_object_mut() {
+        object.retain(|key, _| selected(fields, include, key));
     }
     user
+}
+
+/// Whether `fields` / `include_fields` keep the top-level field `key`.
+fn selected(fields: &Option<Vec<String>>, include: bool, key: &str) -> bool {
+    fields
+        .as_ref()
+        .is_none_or(|fields| fields.iter().any(|f| f == key) == include)
 }
 
 fn fields_param(params: &std::collections::HashMap<String, String>) -> Option<Vec<String>> {
@@ -348,23 +355,39 @@ async fn list_users(req: &Request, shared: Data<&Arc<Shared>>) -> Response {
         let start = page * per_page;
         let found = shared.users.search(&filter, sort, start, per_page);
         let fields = fields_param(&params);
-        let users: Vec<Value> = found
+        // As text: a profile may hold values serde_json cannot (`User::as_sent_text`).
+        let users: Vec<Box<RawValue>> = found
             .users
             .iter()
-            .map(|u| select_fields(u.to_json(), &fields, include_fields))
+            .map(|u| {
+                u.to_json_text(select_fields(u.to_json(), &fields, include_fields), |key| {
+                    selected(&fields, include_fields, key)
+                })
+            })
             .collect();
+        #[derive(serde::Serialize)]
+        struct Page {
+            start: usize,
+            limit: usize,
+            length: usize,
+            total: usize,
+            users: Vec<Box<RawValue>>,
+        }
         let body = if include_totals {
-            json!({
-                "start": start,
-                "limit": per_page,
-                "length": users.len(),
-                "total": found.total,
-                "users": users,
+            serde_json::to_string(&Page {
+                start,
+                limit: per_page,
+                length: users.len(),
+                total: found.total,
+                users,
             })
         } else {
-            Value::Array(users)
+            serde_json::to_string(&users)
         };
-        Ok(super::json_response(StatusCode::OK, &body))
+        Ok(super::json_text_response(
+            StatusCode::OK,
+            body.unwrap_or_default(),
+        ))
     })();
     result.unwrap_or_else(ApiError::into_response)
 }
@@ -385,10 +408,13 @@ async fn get_user(req: &Request, Path(id): Path<String>, shared: Data<&Arc<Share
         Err(err) => return err.into_response(),
     };
     match shared.users.get(&id) {
-        Some(user) => super::json_response(
-            StatusCode::OK,
-            &select_fields(user.to_json(), &fields_param(&params), include),
-        ),
+        Some(user) => {
+            let fields = fields_param(&params);
+            let body = user.to_json_text(select_fields(user.to_json(), &fields, include), |key| {
+                selected(&fields, include, key)
+            });
+            super::json_text_response(StatusCode::OK, body.get().to_owned())
+        }
         None => not_found().into_response(),
     }
 }

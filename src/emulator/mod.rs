@@ -348,11 +348,16 @@ pub(crate) fn random_token(bytes: usize) -> String {
 
 /// A JSON response with a status.
 pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
+    json_text_response(status, body.to_string())
+}
+
+/// [`json_response`] for a body already serialised (one that holds raw JSON text).
+pub(crate) fn json_text_response(status: StatusCode, body: String) -> Response {
     Response::builder()
         .status(status)
         .content_type("application/json; charset=utf-8")
         .header("cache-control", "no-store")
-        .body(body.to_string())
+        .body(body)
 }
 
 /// An OAuth 2.0 error (RFC 6749 5.2).

@@ -14,8 +14,7 @@ use std::{
 use anyhow::Context;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use rand::Rng;
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value, json, value::RawValue};
 
 use super::search::{Filter, Range, Sort, SortField};
 
@@ -44,6 +43,15 @@ pub struct User {
     /// Everything in `app_metadata` except `roles`.
     pub app_metadata: Map<String, Value>,
     pub user_metadata: Map<String, Value>,
+    /// Fields served exactly as a users file gave them: attributes the emulator does not model
+    /// (`identities` of other providers, `username`, `phone_number`, ...) and modelled ones in
+    /// another shape than the emulator's own (`"email_verified": "true"`, as profiles from some
+    /// connections carry it). A change to a field through the API drops its entry.
+    pub as_sent: Map<String, Value>,
+    /// Like `as_sent`, for values kept as JSON text because serde_json cannot hold them: a lone
+    /// UTF-16 surrogate escape (`"\ud800"`), which JavaScript's `JSON.stringify` writes and so
+    /// Auth0 can return. Served verbatim by [`User::to_json_text`].
+    pub as_sent_text: Vec<(String, String)>,
 }
 
 /// Auth0's timestamp format: ISO 8601, milliseconds, `Z`.
@@ -133,8 +141,49 @@ impl User {
         if self.blocked {
             object.insert("blocked".into(), json!(true));
         }
+        for (key, value) in &self.as_sent {
+            object.insert(key.clone(), value.clone());
+        }
         user
     }
+
+    /// `user` (this user's [`User::to_json`], fields possibly selected) as JSON text with the
+    /// fields kept as text added, those that `keep` accepts.
+    pub fn to_json_text(&self, user: Value, keep: impl Fn(&str) -> bool) -> Box<RawValue> {
+        with_text_fields(user, &self.as_sent_text, keep)
+    }
+}
+
+/// Adds `fields` (key, JSON text) to the object `object`, replacing same-named keys, without
+/// parsing the text. Texts that are not JSON at all are left out.
+pub fn with_text_fields(
+    mut object: Value,
+    fields: &[(String, String)],
+    keep: impl Fn(&str) -> bool,
+) -> Box<RawValue> {
+    let kept: Vec<&(String, String)> = fields
+        .iter()
+        .filter(|(key, text)| keep(key) && RawValue::from_string(text.clone()).is_ok())
+        .collect();
+    if let Some(map) = object.as_object_mut() {
+        for (key, _) in &kept {
+            map.remove(key);
+        }
+    }
+    let mut text = object.to_string();
+    if text.ends_with('}') {
+        for (key, value) in kept {
+            text.pop();
+            if text.len() > 1 {
+                text.push(',');
+            }
+            text.push_str(&Value::String(key.clone()).to_string());
+            text.push(':');
+            text.push_str(value);
+            text.push('}');
+        }
+    }
+    RawValue::from_string(text).unwrap_or_else(|_| RawValue::NULL.to_owned())
 }
 
 /// What a new user is made from; everything but `email` has a sensible default.
@@ -158,6 +207,10 @@ pub struct NewUser {
     pub updated_at: Option<DateTime<Utc>>,
     pub last_login: Option<DateTime<Utc>>,
     pub logins_count: u64,
+    /// See [`User::as_sent`].
+    pub as_sent: Map<String, Value>,
+    /// See [`User::as_sent_text`].
+    pub as_sent_text: Vec<(String, String)>,
 }
 
 impl NewUser {
@@ -225,6 +278,8 @@ struct Extra {
     family_name: Option<String>,
     app_metadata: Map<String, Value>,
     user_metadata: Map<String, Value>,
+    as_sent: Map<String, Value>,
+    as_sent_text: Vec<(String, String)>,
 }
 
 fn millis(at: DateTime<Utc>) -> i64 {
@@ -255,6 +310,8 @@ impl Stored {
             roles: self.roles.iter().map(|r| r.to_string()).collect(),
             app_metadata: extra.map(|e| e.app_metadata.clone()).unwrap_or_default(),
             user_metadata: extra.map(|e| e.user_metadata.clone()).unwrap_or_default(),
+            as_sent: extra.map(|e| e.as_sent.clone()).unwrap_or_default(),
+            as_sent_text: extra.map(|e| e.as_sent_text.clone()).unwrap_or_default(),
         }
     }
 
@@ -263,7 +320,9 @@ impl Stored {
             || user.given_name.is_some()
             || user.family_name.is_some()
             || !user.app_metadata.is_empty()
-            || !user.user_metadata.is_empty();
+            || !user.user_metadata.is_empty()
+            || !user.as_sent.is_empty()
+            || !user.as_sent_text.is_empty();
         let extra = has_extra.then(|| {
             Box::new(Extra {
                 picture: user.picture,
@@ -271,6 +330,8 @@ impl Stored {
                 family_name: user.family_name,
                 app_metadata: user.app_metadata,
                 user_metadata: user.user_metadata,
+                as_sent: user.as_sent,
+                as_sent_text: user.as_sent_text,
             })
         });
         let stored = Stored {
@@ -404,6 +465,8 @@ impl UserStore {
             roles: new.roles,
             app_metadata: new.app_metadata,
             user_metadata: new.user_metadata,
+            as_sent: new.as_sent,
+            as_sent_text: new.as_sent_text,
         };
         inner.insert(user.clone());
         Ok(user)
@@ -419,6 +482,22 @@ impl UserStore {
             return Err(StoreError::Conflict);
         }
         let mut user = inner.remove(user_id).ok_or(StoreError::NotFound)?;
+        // A field set through the API is the emulator's own again, not the file's shape.
+        for (key, changed) in [
+            ("email", new_email.is_some()),
+            ("email_verified", patch.email_verified.is_some()),
+            ("name", patch.name.is_some()),
+            ("nickname", patch.nickname.is_some()),
+            ("picture", patch.picture.is_some()),
+            ("given_name", patch.given_name.is_some()),
+            ("family_name", patch.family_name.is_some()),
+            ("blocked", patch.blocked.is_some()),
+        ] {
+            if changed {
+                user.as_sent.remove(key);
+                user.as_sent_text.retain(|(k, _)| k != key);
+            }
+        }
         if let Some(email) = new_email {
             user.email = email;
         }
@@ -453,6 +532,8 @@ impl UserStore {
         let mut user = inner.remove(user_id)?;
         let now = inner.next_stamp();
         user.logins_count += 1;
+        user.as_sent.remove("logins_count");
+        user.as_sent_text.retain(|(k, _)| k != "logins_count");
         user.last_login = Some(now);
         user.updated_at = now;
         inner.insert(user.clone());
@@ -521,6 +602,8 @@ impl UserStore {
                 roles,
                 app_metadata: Map::new(),
                 user_metadata: Map::new(),
+                as_sent: Map::new(),
+                as_sent_text: Vec::new(),
             };
             inner.insert(user);
             added += 1;
@@ -533,7 +616,7 @@ impl UserStore {
     pub fn load_file(&self, path: &Path) -> anyhow::Result<usize> {
         let raw = std::fs::read_to_string(path)
             .with_context(|| format!("reading users file {}", path.display()))?;
-        let users: Vec<ImportedUser> = serde_json::from_str(&raw).with_context(|| {
+        let users: Vec<Box<RawValue>> = serde_json::from_str(&raw).with_context(|| {
             format!(
                 "{} must be a JSON array of users like [{{\"email\": \"a@example.com\", \"name\": \"A\"}}]",
                 path.display()
@@ -541,7 +624,9 @@ impl UserStore {
         })?;
         let mut added = 0;
         for (index, user) in users.into_iter().enumerate() {
-            self.create(user.into_new_user())
+            let new = imported_user_text(&user)
+                .map_err(|e| anyhow::anyhow!("{}: user #{index}: {e}", path.display()))?;
+            self.create(new)
                 .with_context(|| format!("{}: user #{index}", path.display()))?;
             added += 1;
         }
@@ -792,59 +877,132 @@ fn random_user_id_with(rng: &mut impl Rng) -> String {
     id
 }
 
-/// A user in an import file: the Management API's user object, every field optional but email.
-#[derive(Debug, Deserialize)]
-struct ImportedUser {
-    email: String,
-    user_id: Option<String>,
-    name: Option<String>,
-    nickname: Option<String>,
-    picture: Option<String>,
-    given_name: Option<String>,
-    family_name: Option<String>,
-    #[serde(default)]
-    email_verified: bool,
-    #[serde(default)]
-    blocked: bool,
-    #[serde(default)]
-    app_metadata: Map<String, Value>,
-    #[serde(default)]
-    user_metadata: Map<String, Value>,
-    created_at: Option<DateTime<Utc>>,
-    updated_at: Option<DateTime<Utc>>,
-    last_login: Option<DateTime<Utc>>,
-    #[serde(default)]
-    logins_count: u64,
+/// Reads one profile of a users file, as the Management API returns it
+/// (https://auth0.com/docs/api/management/v2/users/get-users): every field optional but
+/// `email`. What the emulator models is read into its fields; the rest, and modelled fields in
+/// another shape than the emulator's (booleans as the strings `"true"`/`"false"`, which
+/// profiles from some connections carry), are kept to be served exactly as given.
+fn imported_user(profile: Value) -> Result<NewUser, String> {
+    let Value::Object(mut profile) = profile else {
+        return Err("a user must be a JSON object".into());
+    };
+    let mut as_sent = Map::new();
+    let mut take = |key: &str| profile.remove(key).filter(|v| !v.is_null());
+    let email = match take("email") {
+        Some(Value::String(email)) => email,
+        _ => return Err("every user needs an \"email\" string".into()),
+    };
+    let user_id = match take("user_id") {
+        None => None,
+        Some(Value::String(id)) => Some(id),
+        Some(_) => return Err("\"user_id\" must be a string".into()),
+    };
+    let time = |value: Option<Value>, key: &str| -> Result<Option<DateTime<Utc>>, String> {
+        match value {
+            None => Ok(None),
+            Some(Value::String(at)) => DateTime::parse_from_rfc3339(&at)
+                .map(|t| Some(t.with_timezone(&Utc)))
+                .map_err(|e| format!("\"{key}\" is not an ISO 8601 date ({e})")),
+            Some(_) => Err(format!("\"{key}\" must be an ISO 8601 date string")),
+        }
+    };
+    let created_at = time(take("created_at"), "created_at")?;
+    let updated_at = time(take("updated_at"), "updated_at")?;
+    let last_login = time(take("last_login"), "last_login")?;
+    let mut app_metadata = match take("app_metadata") {
+        Some(Value::Object(map)) => map,
+        None => Map::new(),
+        Some(_) => return Err("\"app_metadata\" must be an object".into()),
+    };
+    let user_metadata = match take("user_metadata") {
+        Some(Value::Object(map)) => map,
+        None => Map::new(),
+        Some(_) => return Err("\"user_metadata\" must be an object".into()),
+    };
+    let roles = match app_metadata.remove("roles") {
+        Some(Value::Array(roles)) => roles
+            .into_iter()
+            .filter_map(|r| r.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut text = |key: &str| match take(key) {
+        Some(Value::String(text)) => Some(text),
+        Some(other) => {
+            as_sent.insert(key.to_owned(), other);
+            None
+        }
+        None => None,
+    };
+    let (name, nickname, picture) = (text("name"), text("nickname"), text("picture"));
+    let (given_name, family_name) = (text("given_name"), text("family_name"));
+    let mut flag = |key: &str| match take(key) {
+        Some(Value::Bool(b)) => b,
+        Some(other) => {
+            let meaning = other.as_str().and_then(|s| s.parse().ok()).unwrap_or(false);
+            as_sent.insert(key.to_owned(), other);
+            meaning
+        }
+        None => false,
+    };
+    let (email_verified, blocked) = (flag("email_verified"), flag("blocked"));
+    let logins_count = match take("logins_count") {
+        Some(Value::Number(n)) => n.as_u64().unwrap_or(0),
+        Some(other) => {
+            let count = other.as_str().and_then(|s| s.parse().ok()).unwrap_or(0);
+            as_sent.insert("logins_count".into(), other);
+            count
+        }
+        None => 0,
+    };
+    // What the emulator does not model (`identities`, `username`, ...) is served as given.
+    as_sent.extend(profile);
+    Ok(NewUser {
+        email,
+        user_id,
+        name,
+        nickname,
+        picture,
+        given_name,
+        family_name,
+        email_verified,
+        blocked,
+        roles,
+        app_metadata,
+        user_metadata,
+        created_at,
+        updated_at,
+        last_login,
+        logins_count,
+        as_sent,
+        as_sent_text: Vec::new(),
+    })
 }
 
-impl ImportedUser {
-    fn into_new_user(mut self) -> NewUser {
-        let roles = match self.app_metadata.remove("roles") {
-            Some(Value::Array(roles)) => roles
-                .into_iter()
-                .filter_map(|r| r.as_str().map(str::to_owned))
-                .collect(),
-            _ => Vec::new(),
-        };
-        NewUser {
-            email: self.email,
-            user_id: self.user_id,
-            name: self.name,
-            nickname: self.nickname,
-            picture: self.picture,
-            given_name: self.given_name,
-            family_name: self.family_name,
-            email_verified: self.email_verified,
-            blocked: self.blocked,
-            roles,
-            app_metadata: self.app_metadata,
-            user_metadata: self.user_metadata,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-            last_login: self.last_login,
-            logins_count: self.logins_count,
+/// Reads one profile of a users file from its JSON text. Fields whose value serde_json cannot
+/// hold (see [`User::as_sent_text`]) are kept as text; the rest is read by [`imported_user`].
+fn imported_user_text(text: &RawValue) -> Result<NewUser, String> {
+    if let Ok(value) = serde_json::from_str::<Value>(text.get()) {
+        return imported_user(value);
+    }
+    let fields: Vec<(String, Box<RawValue>)> =
+        serde_json::from_str::<std::collections::BTreeMap<String, Box<RawValue>>>(text.get())
+            .map_err(|e| format!("a user must be a JSON object ({e})"))?
+            .into_iter()
+            .collect();
+    let mut readable = Map::new();
+    let mut as_text = Vec::new();
+    for (key, value) in fields {
+        match serde_json::from_str::<Value>(value.get()) {
+            Ok(value) => {
+                readable.insert(key, value);
+            }
+            Err(_) => as_text.push((key, value.get().to_owned())),
         }
     }
+    let mut user = imported_user(Value::Object(readable))?;
+    user.as_sent_text = as_text;
+    Ok(user)
 }
 
 const FIRST_NAMES: &[&str] = &[
@@ -1104,6 +1262,65 @@ mod tests {
             )),
             1
         );
+    }
+
+    #[test]
+    fn text_fields_are_spliced_in_verbatim() {
+        let fields = vec![
+            ("name".to_owned(), r#""half \ud83d""#.to_owned()),
+            ("bad".to_owned(), "not json".to_owned()),
+            ("dropped".to_owned(), "1".to_owned()),
+        ];
+        let keep = |key: &str| key != "dropped";
+        let spliced = with_text_fields(json!({"name": "typed", "a": 1}), &fields, keep);
+        assert_eq!(spliced.get(), r#"{"a":1,"name":"half \ud83d"}"#);
+        assert_eq!(
+            with_text_fields(json!({}), &fields, keep).get(),
+            r#"{"name":"half \ud83d"}"#
+        );
+    }
+
+    #[test]
+    fn a_users_file_keeps_auth0_shapes() {
+        let store = UserStore::new();
+        let dir = std::env::temp_dir().join(format!("qb-users-{}", random_user_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("users.json");
+        std::fs::write(
+            &path,
+            r#"[{"email":"a@example.com","user_id":"auth0|a","email_verified":"true",
+                 "identities":[{"provider":"samlp"}],"name":"x\udc00"}]"#,
+        )
+        .unwrap();
+        assert_eq!(store.load_file(&path).unwrap(), 1);
+        let _ = std::fs::remove_dir_all(dir);
+        let user = store.get("auth0|a").unwrap();
+        assert!(user.email_verified, "the string means true to the emulator");
+        let served = user.to_json_text(user.to_json(), |_| true);
+        assert!(
+            served.get().contains(r#""email_verified":"true""#),
+            "{}",
+            served.get()
+        );
+        assert!(served.get().contains(r#""provider":"samlp""#));
+        assert!(served.get().contains(r#""name":"x\udc00""#));
+        let patched = store
+            .update(
+                "auth0|a",
+                UserPatch {
+                    email_verified: Some(false),
+                    name: Some("Ann".into()),
+                    ..UserPatch::default()
+                },
+            )
+            .unwrap();
+        let served = patched.to_json_text(patched.to_json(), |_| true);
+        assert!(
+            served.get().contains(r#""email_verified":false"#),
+            "{}",
+            served.get()
+        );
+        assert!(served.get().contains(r#""name":"Ann""#), "{}", served.get());
     }
 
     #[test]

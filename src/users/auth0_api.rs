@@ -25,7 +25,7 @@ use futures::Stream;
 use rand::Rng;
 use reqwest::{RequestBuilder, StatusCode, header::HeaderMap};
 use serde::{Deserialize, de::DeserializeOwned};
-use serde_json::Value;
+use serde_json::{Value, value::RawValue};
 use tokio::{sync::Mutex, time::Instant};
 use url::Url;
 
@@ -112,8 +112,10 @@ pub struct UsersPage {
     pub length: u64,
     #[serde(default)]
     pub total: u64,
+    /// Each profile as its own JSON text: one profile that serde_json cannot read (a lone
+    /// surrogate escape, a number past f64) must not make the page unreadable.
     #[serde(default)]
-    pub users: Vec<Value>,
+    pub users: Vec<Box<RawValue>>,
 }
 
 /// Query for `GET /api/v2/users` (auth0.com/docs/api/management/v2/users/get-users).
@@ -272,14 +274,15 @@ impl ManagementApi {
         .await
     }
 
-    /// `GET /api/v2/users/{id}`; `None` when Auth0 answers 404.
-    pub async fn get_user(&self, user_id: &str) -> Result<Option<Value>, ApiError> {
+    /// `GET /api/v2/users/{id}` as JSON text (see [`UsersPage::users`]); `None` when Auth0
+    /// answers 404.
+    pub async fn get_user(&self, user_id: &str) -> Result<Option<Box<RawValue>>, ApiError> {
         let mut url = self.api_url("users")?;
         url.path_segments_mut()
             .map_err(|_| ApiError::BadIssuer(self.inner.issuer.to_string()))?
             .push(user_id);
         match self
-            .call_json::<Value>("GET /api/v2/users/{id}", move |http| http.get(url.clone()))
+            .call_json::<Box<RawValue>>("GET /api/v2/users/{id}", move |http| http.get(url.clone()))
             .await
         {
             Ok(user) => Ok(Some(user)),
@@ -647,5 +650,33 @@ mod tests {
         .unwrap();
         assert!(!format!("{api:?}").contains("super-secret-value"));
         assert_eq!(api.issuer().as_str(), "https://tenant.example/");
+    }
+
+    #[test]
+    fn one_unreadable_profile_does_not_make_its_page_unreadable() {
+        // What JavaScript's JSON.stringify writes for a lone surrogate, and a number past f64.
+        let body = r#"{"start":0,"limit":100,"length":3,"total":3,"users":[
+            {"user_id":"auth0|a","name":"half an emoji \ud83d"},
+            {"user_id":"auth0|b","logins_count":1e400},
+            {"user_id":"auth0|c","name":"fine"}]}"#;
+        assert!(
+            serde_json::from_str::<serde_json::Value>(body).is_err(),
+            "serde_json alone fails"
+        );
+        let page: UsersPage = serde_json::from_str(body).unwrap();
+        let parsed: Vec<_> = page
+            .users
+            .iter()
+            .map(|u| crate::users::auth0_user::Auth0User::parse(u.get()))
+            .collect();
+        assert_eq!(
+            parsed[0].as_ref().unwrap().name.as_deref(),
+            Some("half an emoji \u{fffd}")
+        );
+        assert_eq!(
+            parsed[1].as_ref().unwrap_err().user_id.as_deref(),
+            Some("auth0|b")
+        );
+        assert_eq!(parsed[2].as_ref().unwrap().name.as_deref(), Some("fine"));
     }
 }

@@ -1,8 +1,9 @@
 //! `quotebook sync [--full]`: one sync in the foreground with a progress bar.
 //!
-//! The run is created like any other (so the admin page shows it and the in-flight index still
-//! allows one at a time) but executed here rather than through the queue. When a run is already
-//! in flight, the command follows that run instead of starting a second one.
+//! The run is created like any other (so the admin page shows it and one run executes at a
+//! time) but executed here rather than through the queue. When a run in flight already covers
+//! the request, the command follows that run instead; `--full` during an incremental run under
+//! way queues a full run behind it and executes it once that run ends.
 
 use std::time::Duration;
 
@@ -116,8 +117,15 @@ pub fn summary(run: &SyncRun) -> String {
         _ => String::new(),
     };
     let mut line = format!(
-        "sync run #{} ({}) {}{took}: fetched {}, upserted {}, marked deleted {}, {} pages",
-        run.id, run.mode, run.status, run.fetched, run.upserted, run.deleted, run.pages
+        "sync run #{} ({}) {}{took}: fetched {}, upserted {}, marked deleted {}, skipped {}, {} pages",
+        run.id,
+        run.mode,
+        run.status,
+        run.fetched,
+        run.upserted,
+        run.deleted,
+        run.skipped,
+        run.pages
     );
     if let Some(error) = &run.error {
         line.push_str(&format!("; error: {error}"));

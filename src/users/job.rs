@@ -1,13 +1,17 @@
 //! The sync as an apalis job on Postgres, its triggers and its schedule.
 //!
 //! - A trigger inserts the `sync_runs` row and pushes the job in one transaction: a run is never
-//!   queued without a job, and the in-flight index makes a second trigger return the first run.
+//!   queued without a job. A second trigger joins the run waiting to start or the run under way
+//!   that covers it; a full one never settles for an incremental run under way
+//!   (`sync_runs::create_or_in_flight`).
 //! - The worker executes the run; failed attempts that may succeed later are retried with
 //!   exponential backoff (the row shows `queued` and the reason meanwhile). A worker killed mid-run
 //!   stops heart-beating; apalis re-enqueues its job and the next worker reruns the run from the
 //!   start, which is correct because every write is an idempotent upsert.
 //! - The schedule (apalis-cron) only triggers: each tick carries a key (`mode:unix-seconds`) that
-//!   is unique in `sync_runs`, so several instances firing the same tick create one run.
+//!   is claimed once in `sync_schedule_ticks`, so several instances firing the same tick create
+//!   one run, and every full tick is served by a full run, even in the second an incremental
+//!   tick fires or while a run is under way.
 
 use std::{future::Future, str::FromStr, sync::Arc, time::Duration};
 
@@ -90,7 +94,8 @@ pub async fn enqueue(conn: &mut PgConnection, run: &SyncRun) -> Result<(), SyncE
 }
 
 /// Starts a sync (the admin API and the schedule call this): returns the new queued run and
-/// `true`, or the run already in flight and `false`.
+/// `true`, or the run in flight that covers the request and `false` (see
+/// [`sync_runs::create_or_in_flight`]).
 pub async fn trigger(
     db: &PgPool,
     mode: SyncMode,
@@ -141,6 +146,14 @@ pub async fn execute_with_retries(
     loop {
         let err = match syncer.execute(run_id).await {
             Ok(run) => return Ok(run),
+            // Another run is executing (a full run queued behind an incremental one): wait for
+            // it without spending attempts or growing the pause.
+            Err(SyncError::Busy) => {
+                sync_runs::note_waiting(db, run_id, "waiting for the sync under way to finish")
+                    .await?;
+                tokio::time::sleep(options.retry_base + jitter(options.retry_base / 4)).await;
+                continue;
+            }
             Err(err) => err,
         };
         let attempts = sync_runs::get(db, run_id)

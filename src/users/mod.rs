@@ -10,6 +10,7 @@ pub mod auth0_api;
 pub mod auth0_user;
 pub mod foreground;
 pub mod job;
+pub mod storable;
 pub mod store;
 pub mod sync;
 pub mod sync_runs;

@@ -1,12 +1,88 @@
 //! Writes and reads of the `users` table.
 //!
-//! A batch of profiles is written by one statement, so a batch is all-or-nothing and a sync of
-//! 100k users costs a hundred round trips, not a hundred thousand.
+//! A batch of profiles is written by one statement, so a sync of 100k users costs a hundred
+//! round trips, not a hundred thousand. A statement is all-or-nothing, so [`write_profiles`]
+//! isolates a profile Postgres refuses by splitting its batch until the refused profile stands
+//! alone: the others are still written in batches, and the one is skipped.
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, PgPool};
 
 use super::auth0_user::Auth0User;
+
+/// What [`write_profiles`] did with a batch.
+#[derive(Debug, Default)]
+pub struct WriteOutcome {
+    pub written: BatchOutcome,
+    /// Profiles Postgres refused as data, with its reason: nothing of them was written, but
+    /// their users were marked as seen (they exist at Auth0).
+    pub skipped: Vec<(String, String)>,
+}
+
+/// True when Postgres refused a statement because of a value in it rather than the statement
+/// or the server: SQLSTATE class 22 (data exception: NUL in text, `\u0000` in jsonb, a number
+/// or date out of range) and 54000 (a value too large for an index row). Such an error belongs
+/// to one row of a batch, never to the run.
+pub fn is_row_data_error(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db)
+        if db.code().is_some_and(|c| c.starts_with("22") || c == "54000"))
+}
+
+/// Upserts `users` as [`upsert_batch`] does, in as few statements as the data allows: a batch
+/// Postgres refuses as data ([`is_row_data_error`]) is halved and each half retried, so k bad
+/// profiles among n cost about 2k·log2(n) extra statements and every good one is written. Other
+/// errors (the database is away, a bug) are returned as they are.
+pub async fn write_profiles(db: &PgPool, users: &[Auth0User]) -> Result<WriteOutcome, sqlx::Error> {
+    let mut outcome = WriteOutcome::default();
+    let mut pending = vec![users];
+    while let Some(batch) = pending.pop() {
+        if batch.is_empty() {
+            continue;
+        }
+        match upsert_batch(db, batch).await {
+            Ok(done) => {
+                outcome.written.upserted += done.upserted;
+                outcome.written.kept_newer += done.kept_newer;
+            }
+            Err(err) if is_row_data_error(&err) => {
+                if let [user] = batch {
+                    outcome
+                        .skipped
+                        .push((user.user_id.clone(), err.to_string()));
+                } else {
+                    let (a, b) = batch.split_at(batch.len() / 2);
+                    pending.push(b);
+                    pending.push(a);
+                }
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    let seen: Vec<String> = outcome.skipped.iter().map(|(id, _)| id.clone()).collect();
+    mark_seen(db, &seen).await?;
+    Ok(outcome)
+}
+
+/// Marks users as seen by this sync (`synced_at`, not deleted) without touching their profile:
+/// they exist at Auth0 even though their profile could not be stored, so no deletion pass may
+/// take them (nor, later, their quote). Ids Postgres could not hold are left out.
+pub async fn mark_seen(db: impl PgExecutor<'_>, user_ids: &[String]) -> Result<u64, sqlx::Error> {
+    let ids: Vec<&str> = user_ids
+        .iter()
+        .map(String::as_str)
+        .filter(|id| !id.contains('\0'))
+        .collect();
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let result = sqlx::query(
+        "UPDATE users SET synced_at = now(), deleted_at = NULL WHERE user_id = ANY($1)",
+    )
+    .bind(&ids)
+    .execute(db)
+    .await?;
+    Ok(result.rows_affected())
+}
 
 /// What a batch write did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -25,6 +101,11 @@ pub struct BatchOutcome {
 ///   sync does not take a user whose row is newer than the export for a deleted one.
 /// - A user seen again loses `deleted_at`.
 /// - Duplicates inside a batch (an export can repeat a user) keep the newest profile.
+/// - A scalar the profile leaves unknown (`None`: absent, or a value of unknown meaning such as
+///   `"email_verified": "maybe"`) keeps the stored value, which a sign-in may have written;
+///   `last_login` only moves forward. Metadata and identities are replaced as sent.
+///
+/// One statement: a value Postgres refuses fails the whole batch (see [`write_profiles`]).
 pub async fn upsert_batch(
     db: impl PgExecutor<'_>,
     users: &[Auth0User],
@@ -90,16 +171,16 @@ pub async fn upsert_batch(
                    now(), NULL
             FROM input
             ON CONFLICT (user_id) DO UPDATE SET
-                email = EXCLUDED.email,
-                email_verified = EXCLUDED.email_verified,
-                name = EXCLUDED.name,
-                nickname = EXCLUDED.nickname,
-                picture = EXCLUDED.picture,
-                blocked = EXCLUDED.blocked,
-                logins_count = EXCLUDED.logins_count,
-                last_login = EXCLUDED.last_login,
-                auth0_created_at = EXCLUDED.auth0_created_at,
-                auth0_updated_at = EXCLUDED.auth0_updated_at,
+                email = coalesce(EXCLUDED.email, u.email),
+                email_verified = coalesce(EXCLUDED.email_verified, u.email_verified),
+                name = coalesce(EXCLUDED.name, u.name),
+                nickname = coalesce(EXCLUDED.nickname, u.nickname),
+                picture = coalesce(EXCLUDED.picture, u.picture),
+                blocked = coalesce(EXCLUDED.blocked, u.blocked),
+                logins_count = coalesce(EXCLUDED.logins_count, u.logins_count),
+                last_login = greatest(EXCLUDED.last_login, u.last_login),
+                auth0_created_at = coalesce(EXCLUDED.auth0_created_at, u.auth0_created_at),
+                auth0_updated_at = coalesce(EXCLUDED.auth0_updated_at, u.auth0_updated_at),
                 app_metadata = EXCLUDED.app_metadata,
                 user_metadata = EXCLUDED.user_metadata,
                 identities = EXCLUDED.identities,

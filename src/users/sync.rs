@@ -32,7 +32,7 @@ use crate::observability::{self, names};
 
 use super::{
     auth0_api::{ApiError, ManagementApi, UsersQuery},
-    auth0_user::Auth0User,
+    auth0_user::{Auth0User, Unusable},
     store,
     sync_runs::{self, Progress, SyncMode, SyncRun},
 };
@@ -237,6 +237,7 @@ impl Syncer {
             fetched = progress.fetched,
             upserted = progress.upserted,
             deleted = progress.deleted,
+            skipped = progress.skipped,
             pages = progress.pages,
             elapsed_ms = clock.elapsed().as_millis() as u64,
             "user sync succeeded"
@@ -265,19 +266,21 @@ impl Syncer {
         }
         let mut page_no = 0u32;
         loop {
-            let users = parse_page(std::mem::take(&mut page.users));
-            self.write(&users, progress).await?;
+            // The page's length, not what could be stored of it, says whether more follow.
+            let received = page.users.len();
+            let (users, unusable) = parse_page(std::mem::take(&mut page.users));
+            self.write(run_id, &users, unusable, progress).await?;
             progress.pages += 1;
             progress.total = Some(page.total);
             tracing::debug!(
                 run = run_id,
                 page = page_no,
-                users = users.len(),
+                users = received,
                 total = page.total,
                 "full sync page written"
             );
             self.record(run_id, progress).await?;
-            if users.len() < per_page as usize {
+            if received < per_page as usize {
                 break;
             }
             page_no += 1;
@@ -292,7 +295,7 @@ impl Syncer {
             page = self.api.list_users(&listing(page_no)).await?;
         }
         let listing_consistent = progress.fetched == page.total;
-        self.paged_deletions(started_at, listing_consistent, progress)
+        self.paged_deletions(run_id, started_at, listing_consistent, progress)
             .await?;
         self.after_full(started_at).await
     }
@@ -301,6 +304,7 @@ impl Syncer {
     /// offsets), so users missing from a paged listing are confirmed with Auth0 one by one.
     async fn paged_deletions(
         &self,
+        run_id: i64,
         started_at: DateTime<Utc>,
         listing_consistent: bool,
         progress: &mut Progress,
@@ -328,15 +332,10 @@ impl Syncer {
         for user_id in candidates {
             match self.api.get_user(&user_id).await? {
                 None => gone.push(user_id),
-                Some(value) => {
-                    if let Some(user) = Auth0User::from_value(&value, value.to_string()) {
-                        progress.fetched += 1;
-                        let upserted = store::upsert_batch(&self.db, &[user]).await?.upserted;
-                        metrics::counter!(names::USERS_SYNCED_TOTAL).increment(upserted);
-                        progress.upserted += upserted;
-                        self.count_sql(1);
-                    }
-                }
+                Some(profile) => match Auth0User::parse(profile.get()) {
+                    Ok(user) => self.write(run_id, &[user], Vec::new(), progress).await?,
+                    Err(unusable) => self.write(run_id, &[], vec![unusable], progress).await?,
+                },
             }
         }
         progress.deleted += store::mark_deleted(&self.db, &gone).await?;
@@ -489,16 +488,15 @@ impl Syncer {
         let mut lines = skip;
         while let Some(batch) = batch_rx.recv().await {
             lines = batch.lines_read;
-            if let Err(err) = self.write(&batch.users, progress).await {
+            let users = batch.users.len();
+            if let Err(err) = self
+                .write(run_id, &batch.users, batch.unusable, progress)
+                .await
+            {
                 return Err((lines - batch.lines_in_batch, err));
             }
             progress.pages += 1;
-            tracing::debug!(
-                run = run_id,
-                lines,
-                users = batch.users.len(),
-                "export batch written"
-            );
+            tracing::debug!(run = run_id, lines, users, "export batch written");
             if let Err(err) = self.record(run_id, progress).await {
                 return Err((lines, err));
             }
@@ -541,12 +539,17 @@ impl Syncer {
                 progress.total = Some(page.total);
             }
             let received = page.users.len();
-            let users: Vec<Auth0User> = parse_page(page.users)
+            let (users, unusable) = parse_page(page.users);
+            let users: Vec<Auth0User> = users
                 .into_iter()
                 .filter(|u| seen.insert(u.user_id.clone()))
                 .collect();
+            let unusable: Vec<Unusable> = unusable
+                .into_iter()
+                .filter(|u| u.user_id.as_ref().is_none_or(|id| seen.insert(id.clone())))
+                .collect();
             let newest = users.iter().filter_map(|u| u.updated_at).max();
-            self.write(&users, progress).await?;
+            self.write(run_id, &users, unusable, progress).await?;
             progress.pages += 1;
             tracing::debug!(
                 run = run_id,
@@ -581,16 +584,44 @@ impl Syncer {
         }
     }
 
-    async fn write(&self, users: &[Auth0User], progress: &mut Progress) -> Result<(), SyncError> {
-        if users.is_empty() {
-            return Ok(());
+    /// Writes what a page, a batch of export lines or a single read brought: the profiles in as
+    /// few statements as Postgres allows, and the ones that cannot be stored counted as skipped,
+    /// logged with their `user_id` and marked as seen. A skipped profile never fails the run.
+    async fn write(
+        &self,
+        run_id: i64,
+        users: &[Auth0User],
+        unusable: Vec<Unusable>,
+        progress: &mut Progress,
+    ) -> Result<(), SyncError> {
+        progress.fetched += (users.len() + unusable.len()) as u64;
+        let mut skipped: Vec<(Option<String>, String)> = unusable
+            .into_iter()
+            .map(|u| (u.user_id, u.reason))
+            .collect();
+        let identified: Vec<String> = skipped.iter().filter_map(|(id, _)| id.clone()).collect();
+        if !identified.is_empty() {
+            store::mark_seen(&self.db, &identified).await?;
+            self.count_sql(1);
         }
-        let outcome = store::upsert_batch(&self.db, users).await?;
-        self.count_sql(1);
-        progress.fetched += users.len() as u64;
-        progress.upserted += outcome.upserted;
-        // Counted as batches land, so a long export shows progress and a failed run its work.
-        metrics::counter!(names::USERS_SYNCED_TOTAL).increment(outcome.upserted);
+        if !users.is_empty() {
+            let outcome = store::write_profiles(&self.db, users).await?;
+            self.count_sql(1);
+            progress.upserted += outcome.written.upserted;
+            // Counted as batches land, so a long export shows progress and a failed run its work.
+            metrics::counter!(names::USERS_SYNCED_TOTAL).increment(outcome.written.upserted);
+            skipped.extend(outcome.skipped.into_iter().map(|(id, why)| (Some(id), why)));
+        }
+        for (user_id, reason) in &skipped {
+            tracing::warn!(
+                run = run_id,
+                // Debug: quoted and escaped, since an id may hold what a log line should not.
+                user_id = ?user_id.as_deref().unwrap_or("(none)"),
+                %reason,
+                "user profile skipped: it cannot be stored"
+            );
+        }
+        progress.skipped += skipped.len() as u64;
         Ok(())
     }
 
@@ -643,27 +674,22 @@ async fn release(mut conn: PoolConnection<sqlx::Postgres>) {
         .await;
 }
 
-fn parse_page(values: Vec<serde_json::Value>) -> Vec<Auth0User> {
-    let mut skipped = 0;
-    let users = values
-        .into_iter()
-        .filter_map(|value| {
-            let user = Auth0User::from_value(&value, value.to_string());
-            skipped += usize::from(user.is_none());
-            user
-        })
-        .collect();
-    if skipped > 0 {
-        tracing::warn!(
-            skipped,
-            "Auth0 returned profiles without a user_id; skipped"
-        );
+/// A page's profiles: those that can be stored, and those that cannot.
+fn parse_page(profiles: Vec<Box<serde_json::value::RawValue>>) -> (Vec<Auth0User>, Vec<Unusable>) {
+    let mut users = Vec::with_capacity(profiles.len());
+    let mut unusable = Vec::new();
+    for profile in profiles {
+        match Auth0User::parse(profile.get()) {
+            Ok(user) => users.push(user),
+            Err(err) => unusable.push(err),
+        }
     }
-    users
+    (users, unusable)
 }
 
 struct Batch {
     users: Vec<Auth0User>,
+    unusable: Vec<Unusable>,
     lines_read: u64,
     lines_in_batch: u64,
 }
@@ -681,8 +707,8 @@ fn decode_export(
     let mut line = String::new();
     let mut read = 0u64;
     let mut batch = Vec::with_capacity(batch_size);
+    let mut unusable = Vec::new();
     let mut batch_lines = 0u64;
-    let mut skipped_records = 0u64;
     loop {
         line.clear();
         if lines.read_line(&mut line)? == 0 {
@@ -697,13 +723,14 @@ fn decode_export(
             continue;
         }
         batch_lines += 1;
-        match Auth0User::from_json(text) {
-            Some(user) => batch.push(user),
-            None => skipped_records += 1,
+        match Auth0User::parse(text) {
+            Ok(user) => batch.push(user),
+            Err(err) => unusable.push(err),
         }
-        if batch.len() >= batch_size {
+        if batch.len() + unusable.len() >= batch_size {
             let full = Batch {
                 users: std::mem::replace(&mut batch, Vec::with_capacity(batch_size)),
+                unusable: std::mem::take(&mut unusable),
                 lines_read: read,
                 lines_in_batch: std::mem::take(&mut batch_lines),
             };
@@ -712,21 +739,16 @@ fn decode_export(
             }
         }
     }
-    if !batch.is_empty() {
+    if !batch.is_empty() || !unusable.is_empty() {
         let last = Batch {
             users: batch,
+            unusable,
             lines_read: read,
             lines_in_batch: batch_lines,
         };
         if out.blocking_send(last).is_err() {
             return Err(io::Error::other("the sync stopped reading the export"));
         }
-    }
-    if skipped_records > 0 {
-        tracing::warn!(
-            skipped_records,
-            "export lines without a usable user_id were skipped"
-        );
     }
     Ok(read)
 }

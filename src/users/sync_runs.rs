@@ -1,8 +1,12 @@
 //! The `sync_runs` table: one row per sync, the history and progress the admin page shows.
 //!
-//! "One sync at a time" is the unique partial index `sync_runs_one_in_flight`: a trigger inserts
-//! a queued row with `ON CONFLICT DO NOTHING`, and when that conflicts it returns the run in
-//! flight instead. This holds across any number of instances without a lock.
+//! Runs are created by [`create_or_in_flight`], which never loses a full request: at most one run
+//! waits to start (the unique partial index `sync_runs_one_waiting`), every request joins it, and
+//! a full request upgrades a waiting incremental one; a run under way answers an incremental
+//! request (and a full one when it is full), while a full request meeting an incremental run
+//! under way queues a full run behind it. Cron ticks are claimed in `sync_schedule_ticks`, so
+//! several instances firing one tick make one run. This holds across any number of instances
+//! without a lock; the run lock (`sync.rs`) lets one run execute at a time.
 
 use std::fmt;
 
@@ -74,6 +78,8 @@ pub struct SyncRun {
     pub fetched: i32,
     pub upserted: i32,
     pub deleted: i32,
+    /// Profiles received but not stored (no usable `user_id`, or values Postgres refused).
+    pub skipped: i32,
     pub pages: i32,
     /// Users Auth0 reported for this run, when known (progress = fetched / total).
     pub total: Option<i32>,
@@ -104,6 +110,7 @@ struct Row {
     fetched: i32,
     upserted: i32,
     deleted: i32,
+    skipped: i32,
     pages: i32,
     total: Option<i32>,
     attempts: i32,
@@ -130,6 +137,7 @@ impl TryFrom<Row> for SyncRun {
             fetched: row.fetched,
             upserted: row.upserted,
             deleted: row.deleted,
+            skipped: row.skipped,
             pages: row.pages,
             total: row.total,
             attempts: row.attempts,
@@ -139,7 +147,7 @@ impl TryFrom<Row> for SyncRun {
 }
 
 const COLUMNS: &str = "id, trigger, mode, status, created_at, started_at, finished_at, fetched, \
-                       upserted, deleted, pages, total, attempts, error";
+                       upserted, deleted, skipped, pages, total, attempts, error";
 
 /// A queued or running row whose heartbeat is older than this belongs to a dead process.
 pub const STALE_AFTER_MINUTES: i32 = 15;
@@ -148,10 +156,14 @@ fn select(rest: &str) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM sync_runs {rest}"))
 }
 
-/// Creates a queued run, or returns the run in flight (`created = false`).
+/// Creates a queued run (`created = true`), or returns the run that serves the request already
+/// (`created = false`): the run waiting to start (upgraded to full for a full request), or the
+/// run under way when it covers the request. A full request is never answered by an
+/// incremental run that has started: it queues a full run behind it.
 ///
-/// `schedule_key` identifies a cron tick: when another instance already created the run for the
-/// same tick, that run comes back (`created = false`) even if it has finished.
+/// `schedule_key` identifies a cron tick (`"full:1764201600"`): the first caller claims it, and
+/// every other instance firing the same tick gets the claimer's run back, even after it has
+/// finished. Pass a key only inside a transaction, so the claim and the run commit together.
 pub async fn create_or_in_flight(
     conn: &mut PgConnection,
     mode: SyncMode,
@@ -159,31 +171,103 @@ pub async fn create_or_in_flight(
     schedule_key: Option<&str>,
 ) -> Result<(SyncRun, bool), sqlx::Error> {
     fail_stale(&mut *conn).await?;
-    // A conflict followed by the in-flight run finishing before we read it is possible: retry.
+    if let Some(key) = schedule_key
+        && let Some(run) = claim_tick(&mut *conn, key).await?
+    {
+        return Ok((run, false));
+    }
+    let (run, created) = join_or_create(&mut *conn, mode, trigger).await?;
+    if let Some(key) = schedule_key {
+        sqlx::query("UPDATE sync_schedule_ticks SET run_id = $2 WHERE schedule_key = $1")
+            .bind(key)
+            .bind(run.id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok((run, created))
+}
+
+/// Claims a cron tick for this caller (`None`), or returns the run another caller claimed it
+/// for. A concurrent claim waits for the claimer's transaction (unique key), so the run is known.
+async fn claim_tick(conn: &mut PgConnection, key: &str) -> Result<Option<SyncRun>, sqlx::Error> {
+    // A tick is only ever fired again within seconds (clock skew between instances).
+    sqlx::query("DELETE FROM sync_schedule_ticks WHERE fired_at < now() - interval '7 days'")
+        .execute(&mut *conn)
+        .await?;
+    let claimed = sqlx::query(
+        "INSERT INTO sync_schedule_ticks (schedule_key) VALUES ($1) ON CONFLICT DO NOTHING",
+    )
+    .bind(key)
+    .execute(&mut *conn)
+    .await?;
+    if claimed.rows_affected() == 1 {
+        return Ok(None);
+    }
+    let row: Option<Row> = sqlx::query_as(select(
+        "WHERE id = (SELECT run_id FROM sync_schedule_ticks WHERE schedule_key = $1)",
+    ))
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match row {
+        Some(row) => Ok(Some(row.try_into()?)),
+        None => Err(sqlx::Error::Protocol(format!(
+            "sync_schedule_ticks: tick {key} was claimed without a run"
+        ))),
+    }
+}
+
+async fn join_or_create(
+    conn: &mut PgConnection,
+    mode: SyncMode,
+    trigger: SyncTrigger,
+) -> Result<(SyncRun, bool), sqlx::Error> {
+    // Each step can lose a race (the waiting run starts, another trigger inserts first): retry.
     for _ in 0..5 {
+        // The row lock holds the waiting run still: a worker starting it waits for this
+        // transaction, and then starts it in the mode set here.
+        let waiting: Option<Row> = sqlx::query_as(select(
+            "WHERE status = 'queued' AND started_at IS NULL FOR UPDATE",
+        ))
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(waiting) = waiting {
+            let waiting = SyncRun::try_from(waiting)?;
+            if mode == SyncMode::Full && waiting.mode == SyncMode::Incremental {
+                set_mode(&mut *conn, waiting.id, SyncMode::Full).await?;
+                tracing::info!(run = waiting.id, %trigger, "queued incremental sync upgraded to full");
+                return Ok((
+                    SyncRun {
+                        mode: SyncMode::Full,
+                        ..waiting
+                    },
+                    false,
+                ));
+            }
+            return Ok((waiting, false));
+        }
+        let under_way: Option<Row> = sqlx::query_as(select(
+            "WHERE status IN ('queued', 'running') AND started_at IS NOT NULL
+             ORDER BY id DESC LIMIT 1",
+        ))
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(run) = under_way {
+            let run = SyncRun::try_from(run)?;
+            if mode == SyncMode::Incremental || run.mode == SyncMode::Full {
+                return Ok((run, false));
+            }
+        }
         let inserted: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO sync_runs (trigger, mode, status, schedule_key) VALUES ($1, $2, 'queued', $3)
+            "INSERT INTO sync_runs (trigger, mode, status) VALUES ($1, $2, 'queued')
              ON CONFLICT DO NOTHING RETURNING {COLUMNS}"
         )))
         .bind(trigger.as_str())
         .bind(mode.as_str())
-        .bind(schedule_key)
         .fetch_optional(&mut *conn)
         .await?;
         if let Some(row) = inserted {
             return Ok((row.try_into()?, true));
-        }
-        if let Some(run) = in_flight(&mut *conn).await? {
-            return Ok((run, false));
-        }
-        if let Some(key) = schedule_key {
-            let row: Option<Row> = sqlx::query_as(select("WHERE schedule_key = $1"))
-                .bind(key)
-                .fetch_optional(&mut *conn)
-                .await?;
-            if let Some(row) = row {
-                return Ok((row.try_into()?, false));
-            }
         }
     }
     Err(sqlx::Error::Protocol(
@@ -212,10 +296,13 @@ async fn fail_stale(db: impl PgExecutor<'_>) -> Result<u64, sqlx::Error> {
     Ok(result.rows_affected())
 }
 
+/// The newest run queued or running, if any (a full run may wait behind an incremental one).
 pub async fn in_flight(db: impl PgExecutor<'_>) -> Result<Option<SyncRun>, sqlx::Error> {
-    let row: Option<Row> = sqlx::query_as(select("WHERE status IN ('queued', 'running')"))
-        .fetch_optional(db)
-        .await?;
+    let row: Option<Row> = sqlx::query_as(select(
+        "WHERE status IN ('queued', 'running') ORDER BY id DESC LIMIT 1",
+    ))
+    .fetch_optional(db)
+    .await?;
     row.map(SyncRun::try_from).transpose()
 }
 
@@ -243,7 +330,7 @@ pub async fn start_attempt(db: &PgPool, id: i64) -> Result<Option<SyncRun>, sqlx
     let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE sync_runs SET status = 'running', started_at = coalesce(started_at, now()),
              attempts = attempts + 1, heartbeat_at = now(),
-             fetched = 0, upserted = 0, deleted = 0, pages = 0
+             fetched = 0, upserted = 0, deleted = 0, skipped = 0, pages = 0
          WHERE id = $1 AND status IN ('queued', 'running')
          RETURNING {COLUMNS}"
     )))
@@ -256,9 +343,12 @@ pub async fn start_attempt(db: &PgPool, id: i64) -> Result<Option<SyncRun>, sqlx
 /// Counters as a run goes; also its heartbeat.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Progress {
+    /// Profiles received, stored or not.
     pub fetched: u64,
     pub upserted: u64,
     pub deleted: u64,
+    /// Profiles received but not stored.
+    pub skipped: u64,
     pub pages: u64,
     pub total: Option<u64>,
 }
@@ -274,7 +364,7 @@ pub async fn record_progress(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE sync_runs SET fetched = $2, upserted = $3, deleted = $4, pages = $5,
-             total = coalesce($6, total), heartbeat_at = now()
+             total = coalesce($6, total), skipped = $7, heartbeat_at = now()
          WHERE id = $1 AND status = 'running'",
     )
     .bind(id)
@@ -283,6 +373,7 @@ pub async fn record_progress(
     .bind(int(progress.deleted))
     .bind(int(progress.pages))
     .bind(progress.total.map(int))
+    .bind(int(progress.skipped))
     .execute(db)
     .await?;
     Ok(())
@@ -297,7 +388,7 @@ pub async fn finish(
     let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE sync_runs SET status = 'succeeded', finished_at = now(), heartbeat_at = now(),
              error = NULL, fetched = $2, upserted = $3, deleted = $4, pages = $5,
-             total = coalesce($6, total)
+             total = coalesce($6, total), skipped = $7
          WHERE id = $1 AND status IN ('queued', 'running')
          RETURNING {COLUMNS}"
     )))
@@ -307,6 +398,7 @@ pub async fn finish(
     .bind(int(progress.deleted))
     .bind(int(progress.pages))
     .bind(progress.total.map(int))
+    .bind(int(progress.skipped))
     .fetch_optional(db)
     .await?;
     row.map(SyncRun::try_from).transpose()
@@ -326,6 +418,19 @@ pub async fn fail(db: &PgPool, id: i64, error: &str) -> Result<Option<SyncRun>, 
     row.map(SyncRun::try_from).transpose()
 }
 
+/// The run cannot start yet because another is executing: keeps its heartbeat fresh (so it is
+/// not taken for abandoned) and says why it waits. Only a queued run is touched.
+pub async fn note_waiting(db: &PgPool, id: i64, note: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE sync_runs SET heartbeat_at = now(), error = $2 WHERE id = $1 AND status = 'queued'",
+    )
+    .bind(id)
+    .bind(note)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
 /// An attempt failed and another will follow: back to queued with the reason on show.
 pub async fn requeue(db: &PgPool, id: i64, error: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
@@ -339,9 +444,9 @@ pub async fn requeue(db: &PgPool, id: i64, error: &str) -> Result<(), sqlx::Erro
     Ok(())
 }
 
-/// A run changed to the other mode before starting (an incremental without a watermark runs as
-/// a full sync).
-pub async fn set_mode(db: &PgPool, id: i64, mode: SyncMode) -> Result<(), sqlx::Error> {
+/// A run changed to the other mode: an incremental without a watermark runs as a full sync, and
+/// a full request upgrades a waiting incremental run.
+pub async fn set_mode(db: impl PgExecutor<'_>, id: i64, mode: SyncMode) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE sync_runs SET mode = $2 WHERE id = $1")
         .bind(id)
         .bind(mode.as_str())

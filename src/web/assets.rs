@@ -28,6 +28,11 @@ static ASSETS: LazyLock<Vec<Asset>> = LazyLock::new(|| {
             include_bytes!("../../assets/htmx.min.js").as_slice(),
         ),
         (
+            "htmx-errors.js",
+            "text/javascript; charset=utf-8",
+            include_bytes!("../../assets/htmx-errors.js").as_slice(),
+        ),
+        (
             "app.css",
             "text/css; charset=utf-8",
             include_bytes!("../../assets/app.css").as_slice(),

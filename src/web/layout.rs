@@ -2,9 +2,12 @@
 
 use maud::{DOCTYPE, Markup, html};
 
-/// htmx 2 configuration: swap 422 (validation) and 409 (conflict) fragments, keep history
-/// restores as full-page loads, no inline styles (CSP) and no eval.
-const HTMX_CONFIG: &str = r#"{"responseHandling":[{"code":"204","swap":false},{"code":"[23]..","swap":true},{"code":"422","swap":true},{"code":"409","swap":true},{"code":"[45]..","swap":false,"error":true}],"historyRestoreAsHxRequest":false,"includeIndicatorStyles":false,"allowEval":false,"allowScriptTags":false}"#;
+/// htmx 2 configuration: swap 422 (validation) and 409 (conflict) fragments; other 4xx/5xx are
+/// not swapped (the card and what was typed in it stay) and `assets/htmx-errors.js` shows their
+/// message in `#request-error`. Requests give up after 20 s, past the server's default
+/// `REQUEST_TIMEOUT_SECS` (15 s, answered with a 503 of its own). History restores are full-page
+/// loads; no inline styles (CSP) and no eval.
+const HTMX_CONFIG: &str = r#"{"responseHandling":[{"code":"204","swap":false},{"code":"[23]..","swap":true},{"code":"422","swap":true},{"code":"409","swap":true},{"code":"[45]..","swap":false,"error":true}],"timeout":20000,"historyRestoreAsHxRequest":false,"includeIndicatorStyles":false,"allowEval":false,"allowScriptTags":false}"#;
 
 /// Who is looking at the page, as the header shows it.
 #[derive(Debug, Clone, Default)]
@@ -39,6 +42,7 @@ pub fn page(title: &str, shell: &Shell, body: Markup) -> Markup {
                 link rel="icon" href=(super::assets::url("favicon.svg"));
                 link rel="stylesheet" href=(super::assets::url("app.css"));
                 script src=(super::assets::url("htmx.min.js")) defer {}
+                script src=(super::assets::url("htmx-errors.js")) defer {}
             }
             body hx-headers=[hx_headers] {
                 a.skip-link href="#main" { "Skip to content" }
@@ -61,7 +65,11 @@ pub fn page(title: &str, shell: &Shell, body: Markup) -> Markup {
                         }
                     }
                 }
-                main id="main" tabindex="-1" { (body) }
+                main id="main" tabindex="-1" {
+                    // Failed htmx requests are announced here (assets/htmx-errors.js).
+                    div #request-error.request-error role="alert" {}
+                    (body)
+                }
             }
         }
     }

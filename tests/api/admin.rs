@@ -143,6 +143,7 @@ async fn triggering_returns_202_with_location_and_one_run_at_a_time() {
     assert_eq!(run["mode"], "full");
     assert_eq!(run["trigger"], "admin");
     assert_eq!(run["status"], "queued");
+    assert_eq!(run["skipped"], 0);
 
     // No worker here: the run stays in flight, and a second trigger returns it.
     let second = bearer(client().post(&sync), TOKEN)
@@ -170,6 +171,51 @@ async fn triggering_returns_202_with_location_and_one_run_at_a_time() {
         .await
         .unwrap();
     assert_eq!(list.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_full_request_never_settles_for_an_incremental_run() {
+    let app = admin_app().await;
+    let trigger = |mode: &'static str| {
+        let request =
+            bearer(client().post(app.url("/api/admin/sync")), TOKEN).json(&json!({ "mode": mode }));
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::ACCEPTED);
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    // No worker here, so runs stay where the test puts them.
+    let waiting = trigger("incremental").await;
+    let upgraded = trigger("full").await;
+    assert_eq!(
+        upgraded["id"], waiting["id"],
+        "the waiting run serves the full request"
+    );
+    assert_eq!(upgraded["mode"], "full");
+
+    // An incremental run under way cannot mark deletions: a full request queues behind it.
+    sqlx::query(
+        "UPDATE sync_runs SET status = 'running', started_at = now(), mode = 'incremental' WHERE id = $1",
+    )
+    .bind(waiting["id"].as_i64().unwrap())
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let behind = trigger("full").await;
+    assert_ne!(behind["id"], waiting["id"]);
+    assert_eq!(
+        (&behind["mode"], &behind["status"]),
+        (&json!("full"), &json!("queued"))
+    );
+    // Further requests of either kind join the run waiting to start.
+    assert_eq!(trigger("incremental").await["id"], behind["id"]);
+    assert_eq!(trigger("full").await["id"], behind["id"]);
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM sync_runs")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(runs, 2);
 }
 
 #[tokio::test]

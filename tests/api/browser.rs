@@ -266,3 +266,118 @@ async fn an_admin_syncs_now_and_watches_the_progress_bar_finish() {
         fail_with_screenshot(&browser, "admin-sync", err).await;
     }
 }
+
+/// The text in the alert region once it says something containing `expected`.
+async fn wait_for_request_error(browser: &Browser, what: &str, expected: &str) -> Result<()> {
+    let script = format!(
+        "const r = document.querySelector('#request-error'); \
+         return !!r && r.getAttribute('role') === 'alert' && r.textContent.includes({});",
+        serde_json::to_string(expected).map_err(|e| e.to_string())?
+    );
+    browser.wait_until(what, &script).await
+}
+
+async fn typed_text_kept(browser: &Browser, expected_len: usize) -> Result<()> {
+    let len = browser
+        .execute("return document.querySelector('#quote textarea#message').value.length;")
+        .await?;
+    if len != serde_json::json!(expected_len) {
+        return Err(format!(
+            "the form lost what was typed: {len} characters, expected {expected_len}"
+        ));
+    }
+    Ok(())
+}
+
+async fn failing_requests_scenario(browser: &Browser, app: TestApp) -> Result<()> {
+    log_in(browser, &app, "errors@example.com").await?;
+    browser
+        .execute("window.__quotebookMarker = 16; return true;")
+        .await?;
+    let textarea = browser.wait_for("#quote textarea#message").await?;
+    let typed = "Words worth keeping, even when the form has gone stale.";
+    browser.type_text(&textarea, typed).await?;
+
+    // 403: the session's CSRF token changed since the page was loaded (an expired form).
+    sqlx::query(
+        "UPDATE sessions SET data = jsonb_set(data, '{data,csrf_token}', to_jsonb('\"expired\"'::text))",
+    )
+    .execute(&app.db)
+    .await
+    .map_err(|e| e.to_string())?;
+    // Sessions read in the last second are served from memory.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    browser
+        .click(&browser.find("#quote button[type='submit']").await?)
+        .await?;
+    wait_for_request_error(browser, "the expired-form message", "has expired").await?;
+    wait_for_request_error(browser, "the reassurance", "What you typed is still here").await?;
+    typed_text_kept(browser, typed.len()).await?;
+    snapshot(browser, "error-403").await?;
+    // Reloading gives a fresh token; the save then works and clears nothing it should keep.
+    browser.goto(&app.url("/")).await?;
+    browser
+        .execute("window.__quotebookMarker = 16; return true;")
+        .await?;
+
+    // 413: a paste larger than BODY_LIMIT_BYTES.
+    browser.wait_for("#quote textarea#message").await?;
+    browser
+        .execute("document.querySelector('#quote textarea#message').value = 'a'.repeat(70000); return true;")
+        .await?;
+    browser
+        .click(&browser.find("#quote button[type='submit']").await?)
+        .await?;
+    wait_for_request_error(browser, "the too-large message", "too large").await?;
+    typed_text_kept(browser, 70_000).await?;
+    snapshot(browser, "error-413").await?;
+
+    // A success from the same card clears the message.
+    let textarea = browser.find("#quote textarea#message").await?;
+    browser.clear(&textarea).await?;
+    browser.type_text(&textarea, "Short and saved.").await?;
+    browser
+        .click(&browser.find("#quote button[type='submit']").await?)
+        .await?;
+    browser.wait_for("#quote blockquote.quote").await?;
+    browser
+        .wait_until(
+            "the alert region to clear",
+            "return document.querySelector('#request-error').textContent === '';",
+        )
+        .await?;
+
+    // No answer at all: the server is gone.
+    browser
+        .click(&browser.find("#quote a.button[href='/quote/edit']").await?)
+        .await?;
+    let textarea = browser.wait_for("#quote textarea#message").await?;
+    browser.clear(&textarea).await?;
+    let unsent = "Typed while the server was down.";
+    browser.type_text(&textarea, unsent).await?;
+    app.stop().await;
+    browser
+        .click(&browser.find("#quote button[type='submit']").await?)
+        .await?;
+    wait_for_request_error(browser, "the no-answer message", "could not be reached").await?;
+    typed_text_kept(browser, unsent.len()).await?;
+    browser
+        .wait_until(
+            "no full page load through it all",
+            "return window.__quotebookMarker === 16;",
+        )
+        .await?;
+    snapshot(browser, "error-no-answer").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_sees_every_failed_request_and_keeps_what_they_typed() {
+    let Some(browser) = browser().await else {
+        return;
+    };
+    let app = spawn_app().await;
+    if let Err(err) = failing_requests_scenario(&browser, app).await {
+        fail_with_screenshot(&browser, "failed-requests", err).await;
+    }
+}

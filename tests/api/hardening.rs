@@ -275,3 +275,132 @@ async fn a_body_that_trickles_in_times_out() {
         .unwrap();
     assert_eq!(stored, 0);
 }
+
+/// A body sent in chunks of 4 KiB with no `Content-Length` (`Transfer-Encoding: chunked`).
+fn chunked(body: Vec<u8>) -> reqwest::Body {
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        body.chunks(4096).map(|c| Ok(c.to_vec())).collect();
+    reqwest::Body::wrap_stream(stream::iter(chunks))
+}
+
+/// The same bytes chunked and with a `Content-Length`.
+fn both_ways(body: Vec<u8>) -> [(&'static str, reqwest::Body); 2] {
+    [
+        ("chunked", chunked(body.clone())),
+        ("with Content-Length", reqwest::Body::from(body)),
+    ]
+}
+
+/// The quote form with `message` padded to `bytes` bytes in all.
+fn quote_form(token: &str, bytes: usize) -> Vec<u8> {
+    let head = format!("csrf_token={token}&message=");
+    let mut body = head.into_bytes();
+    body.resize(bytes, b'a');
+    body
+}
+
+#[tokio::test]
+async fn an_over_limit_body_is_413_however_it_is_sent() {
+    const TOKEN: &str = "body-limit-admin-token";
+    let app = spawn_app_with(&[("ADMIN_API_TOKEN", TOKEN)]).await;
+    let client = app.signed_in_client("limits@example.com").await;
+    let token = app.csrf_for(&client).await;
+    let form = "application/x-www-form-urlencoded";
+
+    // The values: 65,600 bytes to `PUT /quote`, chunked and with a length, as htmx
+    // sends it (a fragment) and as a plain form (a page).
+    for htmx in [true, false] {
+        for (how, body) in both_ways(quote_form(&token, 65_600)) {
+            let request = if htmx {
+                client.put(app.url("/quote")).header("hx-request", "true")
+            } else {
+                client.post(app.url("/quote"))
+            };
+            let response = request
+                .header("content-type", form)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let what = format!("htmx: {htmx}, {how}");
+            assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE, "{what}");
+            let html = response.text().await.unwrap();
+            assert!(html.contains("at most 64 KiB"), "{what}: {html}");
+            assert_eq!(
+                html.contains("<html"),
+                !htmx,
+                "a fragment for htmx, a page for a form; {what}: {html}"
+            );
+        }
+    }
+
+    // 70 kB of JSON to the admin API: a problem document either way.
+    let json = format!("{{\"mode\":\"full\",\"pad\":\"{}\"}}", "x".repeat(70_000));
+    for (how, body) in both_ways(json.into_bytes()) {
+        let response = client
+            .post(app.url("/api/admin/sync"))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "API, {how}"
+        );
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "API, {how}"
+        );
+        let problem: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(problem["status"], 413, "API, {how}");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("64 KiB"),
+            "API, {how}: {problem}"
+        );
+    }
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM sync_runs")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(runs, 0, "no sync was started");
+
+    // Right at the limit, chunked, the body still arrives whole (and is judged on its content).
+    let at_limit = client
+        .put(app.url("/quote"))
+        .header("content-type", form)
+        .header("hx-request", "true")
+        .body(chunked(quote_form(&token, 65_536)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        at_limit.status(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "too long a quote, not too large a body"
+    );
+
+    // A compressed body is refused whatever its size: its decoded size is unknown.
+    let gzipped = client
+        .post(app.url("/api/admin/sync"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(chunked(vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gzipped.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(gzipped.headers()["accept-encoding"], "identity");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM user_messages")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0, "nothing written");
+}

@@ -678,6 +678,15 @@ impl Server {
         Self { child, readers }
     }
 
+    /// Waits (up to a minute) for the process to end by itself; everything it wrote.
+    fn wait(mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.stop()
+    }
+
     /// SIGTERM, as Fly sends, then everything it wrote.
     fn stop(mut self) -> String {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
@@ -983,4 +992,56 @@ async fn the_worker_process_serves_its_own_metrics() {
         "{last} vs {finished}"
     );
     assert!(logs.contains("metrics listener"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skipped_profile_is_counted_and_logged_with_its_user_id() {
+    let users_file = std::env::temp_dir().join(format!(
+        "qb-skipped-users-{}.json",
+        crate::helpers::random_suffix()
+    ));
+    let profiles = serde_json::json!([
+        {"user_id": "auth0|nul\u{0}id", "email": "nulid@example.com"},
+        {"user_id": "auth0|fine", "email": "fine@example.com", "name": "a\u{0}b"},
+    ]);
+    std::fs::write(&users_file, profiles.to_string()).unwrap();
+    let emulator = quotebook::emulator::Emulator::start(quotebook::emulator::EmulatorConfig {
+        users_file: Some(users_file.clone()),
+        ..quotebook::emulator::EmulatorConfig::for_tests()
+    })
+    .await
+    .expect("emulator starts");
+    let cluster = cluster();
+    let db_name = cluster.create_database().await;
+    let sync = Server::start(
+        &["sync", "--full"],
+        &[
+            ("APP_ENV", "development".into()),
+            ("DATABASE_URL", cluster.url(&db_name)),
+            ("AUTH0_ISSUER_BASE_URL", emulator.issuer().to_string()),
+            ("AUTH0_CLIENT_ID", DEV_CLIENT_ID.into()),
+            ("AUTH0_CLIENT_SECRET", DEV_CLIENT_SECRET.into()),
+            ("RUST_LOG", "info".into()),
+            ("NO_COLOR", "1".into()),
+        ],
+    );
+    let output = tokio::task::spawn_blocking(move || sync.wait())
+        .await
+        .unwrap();
+    emulator.shutdown();
+    cluster.drop_database(db_name);
+    let _ = std::fs::remove_file(users_file);
+
+    let skipped = output
+        .lines()
+        .find(|line| line.contains("user profile skipped"))
+        .unwrap_or_else(|| panic!("no skipped-profile line in:\n{output}"));
+    assert!(skipped.contains(r#"user_id="auth0|nul\0id""#), "{skipped}");
+    assert!(skipped.contains("U+0000"), "the reason: {skipped}");
+    assert!(
+        output.contains("succeeded")
+            && output.contains("upserted 1")
+            && output.contains("skipped 1"),
+        "the summary: {output}"
+    );
 }

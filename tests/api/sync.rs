@@ -57,10 +57,34 @@ async fn no_overlap_fixture(seed: usize) -> Fixture {
 }
 
 async fn fixture_with(seed: usize, api: ApiOptions, options: SyncOptions) -> Fixture {
+    fixture_on(EmulatorConfig::for_tests(), seed, api, options).await
+}
+
+/// A tenant holding `profiles` (a users file, written exactly as the Management API returns
+/// users) besides `seed` demo users.
+async fn fixture_from_file(profiles: String, seed: usize, options: SyncOptions) -> Fixture {
+    let path = std::env::temp_dir().join(format!(
+        "quotebook-users-{}.json",
+        crate::helpers::random_suffix()
+    ));
+    std::fs::write(&path, profiles).expect("write the users file");
+    let config = EmulatorConfig {
+        users_file: Some(path.clone()),
+        ..EmulatorConfig::for_tests()
+    };
+    let f = fixture_on(config, seed, fast_api_options(), options).await;
+    let _ = std::fs::remove_file(path);
+    f
+}
+
+async fn fixture_on(
+    config: EmulatorConfig,
+    seed: usize,
+    api: ApiOptions,
+    options: SyncOptions,
+) -> Fixture {
     quotebook::telemetry::init(false);
-    let emulator = Emulator::start(EmulatorConfig::for_tests())
-        .await
-        .expect("emulator starts");
+    let emulator = Emulator::start(config).await.expect("emulator starts");
     emulator.users().seed(seed);
     let cluster = cluster();
     let db_name = cluster.create_database().await;
@@ -367,7 +391,7 @@ async fn a_user_who_signed_in_during_a_full_sync_is_not_deleted() {
 async fn a_newer_row_is_never_replaced_by_an_older_profile() {
     let f = fixture(0).await;
     let profile = |name: &str, updated: &str| {
-        Auth0User::from_json(&format!(
+        Auth0User::parse(&format!(
             r#"{{"user_id":"auth0|x","name":"{name}","updated_at":"{updated}"}}"#
         ))
         .unwrap()
@@ -600,10 +624,19 @@ fn spawn_worker(
     f: &Fixture,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    // Far-off ticks: these tests trigger by hand.
+    spawn_scheduled_worker(f, "0 0 0 1 1 * 2099", "0 0 0 1 1 * 2099", shutdown)
+}
+
+fn spawn_scheduled_worker(
+    f: &Fixture,
+    incremental: &str,
+    full: &str,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
     let settings = quotebook::config::SyncSettings {
-        // Far-off ticks: these tests trigger by hand.
-        incremental_schedule: "0 0 0 1 1 * 2099".to_owned(),
-        full_schedule: "0 0 0 1 1 * 2099".to_owned(),
+        incremental_schedule: incremental.to_owned(),
+        full_schedule: full.to_owned(),
         purge_after_days: 30,
     };
     job::spawn_worker(
@@ -652,4 +685,366 @@ async fn all_ids(f: &Fixture) -> Vec<String> {
         .fetch_all(&f.db)
         .await
         .unwrap()
+}
+
+/// Profiles as real tenants hold them: NULs anywhere, a lone surrogate (as JavaScript's
+/// `JSON.stringify` writes half an emoji), a `user_id` no database can hold.
+fn dirty_profiles() -> String {
+    let surrogates = r#"{"user_id": "auth0|surrogate", "email": "surrogate@example.com",
+        "name": "half an emoji \ud83d", "user_metadata": {"e": "\udc00"},
+        "created_at": "2024-01-05T00:00:00.000Z"}"#;
+    let profiles = serde_json::json!([
+        // The issue's value: one NUL in user_metadata stored 0 users (22P05).
+        {"user_id": "auth0|meta", "email": "meta@example.com", "user_metadata": {"note": "a\u{0}b"},
+         "created_at": "2024-01-01T00:00:00.000Z", "updated_at": "2024-01-01T00:00:00.000Z"},
+        // A NUL in name failed as 22021.
+        {"user_id": "auth0|name", "email": "name@example.com", "name": "Ada\u{0} Lovelace",
+         "nickname": "ada\u{0}", "created_at": "2024-01-02T00:00:00.000Z"},
+        // And in app_metadata keys, identities (a social provider's profile data).
+        {"user_id": "google-oauth2|1234", "email": "social@example.com",
+         "app_metadata": {"plan\u{0}": ["gold\u{0}"]},
+         "identities": [{"provider": "google-oauth2", "user_id": "1234", "connection": "google-oauth2",
+                         "isSocial": true, "profileData": {"locale": "en\u{0}"}}],
+         "created_at": "2024-01-03T00:00:00.000Z"},
+        // An id that cannot be stored without becoming another user's: skipped.
+        {"user_id": "auth0|nul\u{0}id", "email": "nulid@example.com", "created_at": "2024-01-04T00:00:00.000Z"},
+    ])
+    .to_string();
+    format!("{},{surrogates}]", profiles.trim_end_matches(']'))
+}
+
+async fn user_json(f: &Fixture, user_id: &str, column: &str) -> Option<serde_json::Value> {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT {column} FROM users WHERE user_id = $1"
+    )))
+    .bind(user_id)
+    .fetch_one(&f.db)
+    .await
+    .expect("the user's row")
+}
+
+async fn assert_dirty_profiles_stored_clean(f: &Fixture) {
+    assert_eq!(
+        user_json(f, "auth0|meta", "user_metadata").await,
+        Some(serde_json::json!({"note": "ab"}))
+    );
+    let name = store::get(&f.db, "auth0|name").await.unwrap().unwrap();
+    assert_eq!(name.name.as_deref(), Some("Ada Lovelace"));
+    assert_eq!(name.nickname.as_deref(), Some("ada"));
+    assert_eq!(
+        user_json(f, "google-oauth2|1234", "app_metadata").await,
+        Some(serde_json::json!({"plan": ["gold"]}))
+    );
+    let identities = user_json(f, "google-oauth2|1234", "identities")
+        .await
+        .unwrap();
+    assert_eq!(identities[0]["profileData"]["locale"], "en");
+    let raw = user_json(f, "auth0|meta", "raw").await.unwrap();
+    assert_eq!(
+        raw["user_metadata"]["note"], "ab",
+        "the raw profile follows the same rule"
+    );
+    assert_eq!(
+        f.count("SELECT count(*) FROM users WHERE email = 'nulid@example.com'")
+            .await,
+        0
+    );
+    let surrogate = store::get(&f.db, "auth0|surrogate").await.unwrap().unwrap();
+    assert_eq!(surrogate.name.as_deref(), Some("half an emoji \u{fffd}"));
+    assert_eq!(
+        user_json(f, "auth0|surrogate", "user_metadata").await,
+        Some(serde_json::json!({"e": "\u{fffd}"}))
+    );
+}
+
+#[tokio::test]
+async fn dirty_profiles_are_stored_clean_or_skipped_never_failing_a_run() {
+    let f = fixture_from_file(dirty_profiles(), 3, SyncOptions::default()).await;
+    // The emulator serves the profiles exactly as the file has them.
+    let page = f
+        .syncer
+        .api()
+        .list_users(&quotebook::users::auth0_api::UsersQuery {
+            per_page: 100,
+            q: Some("email:\"meta@example.com\"".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let all = f
+        .syncer
+        .api()
+        .list_users(&quotebook::users::auth0_api::UsersQuery {
+            per_page: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        all.users
+            .iter()
+            .any(|u| u.get().contains(r#""name":"half an emoji \ud83d""#)),
+        "the lone surrogate is served as Auth0 sends it"
+    );
+    assert!(
+        page.users[0].get().contains(r#""note":"a\u0000b""#),
+        "{}",
+        page.users[0].get()
+    );
+
+    let full = f.sync(SyncMode::Full).await;
+    assert_eq!(full.fetched, 8, "every profile received is counted");
+    assert_eq!(full.upserted, 7);
+    assert_eq!(full.skipped, 1, "the NUL user_id");
+    assert_dirty_profiles_stored_clean(&f).await;
+
+    // Every later run succeeds too, incremental and full: nothing about them is final.
+    f.emulator
+        .users()
+        .update(
+            "auth0|meta",
+            UserPatch {
+                user_metadata: Some(
+                    serde_json::from_value(serde_json::json!({"more": "c\u{0}d"})).unwrap(),
+                ),
+                ..UserPatch::default()
+            },
+        )
+        .unwrap();
+    let incremental = f.sync(SyncMode::Incremental).await;
+    assert_eq!(incremental.mode, SyncMode::Incremental);
+    assert!(incremental.upserted >= 1);
+    assert_eq!(
+        user_json(&f, "auth0|meta", "user_metadata").await,
+        Some(serde_json::json!({"note": "ab", "more": "cd"}))
+    );
+    let again = f.sync(SyncMode::Full).await;
+    assert_eq!((again.skipped, again.deleted), (1, 0));
+    assert_eq!(f.live_users().await, 7);
+}
+
+#[tokio::test]
+async fn dirty_profiles_in_an_export_are_stored_clean_or_skipped() {
+    // Paging reaches 2 users here, so the full sync takes the export path (gzipped NDJSON).
+    let options = SyncOptions {
+        paging_limit: 2,
+        ..SyncOptions::default()
+    };
+    let f = fixture_from_file(dirty_profiles(), 3, options).await;
+    let run = f.sync(SyncMode::Full).await;
+    assert!(
+        f.emulator.faults().management_requests() < 11,
+        "an export, not pages"
+    );
+    assert_eq!((run.fetched, run.upserted, run.skipped), (8, 7, 1));
+    assert_dirty_profiles_stored_clean(&f).await;
+}
+
+#[tokio::test]
+async fn a_profile_postgres_refuses_is_isolated_and_its_batch_still_written() {
+    let f = fixture(0).await;
+    let user = |i: usize| {
+        Auth0User::parse(&format!(r#"{{"user_id":"auth0|{i}","name":"n{i}"}}"#)).unwrap()
+    };
+    let mut batch: Vec<Auth0User> = (0..10).map(user).collect();
+    // Values that reach Postgres unchecked (built by hand, not parsed): a NUL in text (22021)
+    // and an id too large for the primary key's index (54000).
+    batch[3].name = Some("bad\0name".into());
+    let incompressible: String = (0..2000).map(|_| crate::helpers::random_suffix()).collect();
+    batch[7].user_id = format!("auth0|{incompressible}");
+    // Seen before, so being skipped must not make it look deleted.
+    sqlx::query(
+        "INSERT INTO users (user_id, synced_at) VALUES ('auth0|3', now() - interval '1 day')",
+    )
+    .execute(&f.db)
+    .await
+    .unwrap();
+    let outcome = store::write_profiles(&f.db, &batch).await.unwrap();
+    assert_eq!(outcome.written.upserted, 8);
+    let mut skipped: Vec<&str> = outcome.skipped.iter().map(|(id, _)| id.as_str()).collect();
+    skipped.sort();
+    assert_eq!(skipped.len(), 2);
+    assert_eq!(skipped[0], "auth0|3");
+    assert!(
+        outcome.skipped.iter().any(|(_, why)| why.contains("0x00")),
+        "{:?}",
+        outcome.skipped
+    );
+    assert_eq!(f.count("SELECT count(*) FROM users").await, 9);
+    assert_eq!(
+        f.count("SELECT count(*) FROM users WHERE user_id = 'auth0|3' AND synced_at > now() - interval '1 minute'")
+            .await,
+        1,
+        "a skipped user is still marked as seen"
+    );
+}
+
+#[tokio::test]
+async fn string_booleans_are_read_and_unknown_values_never_erase_known_ones() {
+    let profiles = serde_json::json!([
+        {"user_id": "auth0|t", "email": "t@example.com", "email_verified": "true", "blocked": "false"},
+        {"user_id": "auth0|f", "email": "f@example.com", "email_verified": "false", "blocked": "true"},
+        {"user_id": "auth0|m", "email": "m@example.com", "email_verified": "maybe", "blocked": "",
+         "logins_count": "many"},
+    ]);
+    let f = fixture_from_file(profiles.to_string(), 0, SyncOptions::default()).await;
+    // What the users' sign-ins stored before the sync (the ID tokens said verified).
+    sqlx::query(
+        "INSERT INTO users (user_id, email, email_verified, blocked, logins_count)
+         VALUES ('auth0|t', 't@example.com', true, NULL, NULL),
+                ('auth0|m', 'm@example.com', true, false, 4)",
+    )
+    .execute(&f.db)
+    .await
+    .unwrap();
+    // The emulator hands the strings out as Auth0 does.
+    let served = f.syncer.api().get_user("auth0|t").await.unwrap().unwrap();
+    assert!(
+        served.get().contains(r#""email_verified":"true""#),
+        "{}",
+        served.get()
+    );
+
+    f.sync(SyncMode::Full).await;
+    let db = f.db.clone();
+    let flags = |id: &'static str| {
+        let db = db.clone();
+        async move {
+            let row = store::get(&db, id).await.unwrap().unwrap();
+            (row.email_verified, row.blocked, row.logins_count)
+        }
+    };
+    assert_eq!(flags("auth0|t").await, (Some(true), Some(false), None));
+    assert_eq!(flags("auth0|f").await, (Some(false), Some(true), None));
+    assert_eq!(
+        flags("auth0|m").await,
+        (Some(true), Some(false), Some(4)),
+        "values of unknown meaning keep what sign-in stored"
+    );
+    // A known value does replace: Auth0 now says the address is unverified.
+    f.emulator
+        .users()
+        .update(
+            "auth0|t",
+            UserPatch {
+                email_verified: Some(false),
+                ..UserPatch::default()
+            },
+        )
+        .unwrap();
+    f.sync(SyncMode::Full).await;
+    assert_eq!(flags("auth0|t").await.0, Some(false));
+}
+
+#[tokio::test]
+async fn a_sign_in_with_a_nul_in_the_name_follows_the_same_rule() {
+    let app = crate::helpers::spawn_app().await;
+    let emulator = app.emulator.as_ref().expect("the in-process emulator");
+    let user = emulator
+        .users()
+        .create(NewUser {
+            name: Some("Grace\u{0} Hopper".into()),
+            nickname: Some("\u{0}grace".into()),
+            ..NewUser::with_email("grace@example.com")
+        })
+        .unwrap();
+    let response = app
+        .login_with(&crate::helpers::client(), "grace@example.com")
+        .await;
+    assert_eq!(
+        response.status(),
+        reqwest::StatusCode::SEE_OTHER,
+        "signed in"
+    );
+    let row = store::get(&app.db, &user.user_id)
+        .await
+        .unwrap()
+        .expect("the sign-in's row");
+    assert_eq!(row.name.as_deref(), Some("Grace Hopper"));
+    assert_eq!(row.nickname.as_deref(), Some("grace"));
+}
+
+#[tokio::test]
+async fn every_full_tick_yields_a_full_run_even_when_both_schedules_fire_together() {
+    let f = fixture(5).await;
+    // Every second an incremental tick, every even second a full tick as well: the two fire in
+    // the same second, and each run (slowed by the tenant) is still under way at the next tick.
+    f.emulator.faults().set_latency(Duration::from_millis(1500));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let scheduled = spawn_scheduled_worker(&f, "* * * * * *", "*/2 * * * * *", async move {
+        let _ = stopped.await;
+    });
+    // Three full ticks (about six seconds), however long the worker took to start.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while f
+        .count("SELECT count(*) FROM sync_schedule_ticks WHERE schedule_key LIKE 'full:%'")
+        .await
+        < 3
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the full schedule did not fire"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(());
+    scheduled.await.unwrap().unwrap();
+
+    // The ticks are over; a worker without schedules finishes what they queued.
+    f.emulator.faults().set_latency(Duration::ZERO);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let finisher = spawn_worker(&f, async move {
+        let _ = stopped.await;
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while sync_runs::in_flight(&f.db).await.unwrap().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "runs still in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(());
+    finisher.await.unwrap().unwrap();
+
+    let ticks: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT schedule_key, run_id FROM sync_schedule_ticks ORDER BY schedule_key",
+    )
+    .fetch_all(&f.db)
+    .await
+    .unwrap();
+    let full_ticks: Vec<&(String, i64)> = ticks
+        .iter()
+        .filter(|(key, _)| key.starts_with("full:"))
+        .collect();
+    assert!(full_ticks.len() >= 3, "{ticks:?}");
+    let same_second = full_ticks
+        .iter()
+        .filter(|(key, _)| {
+            let incremental = key.replace("full:", "incremental:");
+            ticks.iter().any(|(k, _)| *k == incremental)
+        })
+        .count();
+    assert!(
+        same_second >= 2,
+        "both schedules fired in the same second: {ticks:?}"
+    );
+    for (key, run_id) in &full_ticks {
+        let second = key.trim_start_matches("full:");
+        let run = sync_runs::get(&f.db, *run_id).await.unwrap().unwrap();
+        assert_eq!(run.mode, SyncMode::Full, "{key} was served by {run:?}");
+        assert_eq!(run.status, RunStatus::Succeeded, "{key}: {run:?}");
+        let tick = DateTime::from_timestamp(second.parse().unwrap(), 0).unwrap();
+        assert!(
+            run.finished_at.is_some_and(|done| done >= tick),
+            "{key} was served by a run that ended before it: {run:?}"
+        );
+    }
+    // Each tick made at most one run, and every run is accounted for by a tick.
+    let runs = f.count("SELECT count(*) FROM sync_runs").await;
+    assert!(
+        runs as usize <= ticks.len(),
+        "{runs} runs for {} ticks",
+        ticks.len()
+    );
 }
