@@ -301,6 +301,8 @@ async fn start_emulator(
             .persist_key
             .then(|| settings.data_dir.join("emulator-key.pem")),
         roles_claim: settings.auth.roles_claim.clone(),
+        issuer: crate::emulator::IssuerIdentifier::Auth0,
+        apis: Vec::new(),
     })
     .await?;
     tracing::warn!(
