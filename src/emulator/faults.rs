@@ -42,6 +42,7 @@ struct State {
     id_token: Option<IdTokenFault>,
     claims: serde_json::Map<String, serde_json::Value>,
     login_denial: Option<String>,
+    token_response: Option<String>,
 }
 
 /// Fault switches; shared by the emulator's handlers.
@@ -125,6 +126,17 @@ impl Faults {
         let mut state = self.state();
         let injected = state.queue.pop_front();
         (injected, state.latency)
+    }
+
+    /// The token endpoint answers a valid code with this body (status 200) instead of the
+    /// tokens: an HTML error page from a proxy, or JSON whose `id_token` is not a JWT. `None`
+    /// restores real token responses.
+    pub fn set_token_response(&self, body: Option<&str>) {
+        self.state().token_response = body.map(str::to_owned);
+    }
+
+    pub(crate) fn token_response(&self) -> Option<String> {
+        self.state().token_response.clone()
     }
 
     pub(crate) fn id_token_fault(&self) -> Option<IdTokenFault> {

@@ -658,6 +658,17 @@ fn authorization_code<'a>(
     let Some(user) = shared.users.get(&grant.user_id) else {
         return invalid_grant("The user no longer exists");
     };
+    if let Some(body) = shared.faults.token_response() {
+        let content_type = if body.starts_with('{') {
+            "application/json"
+        } else {
+            "text/html; charset=utf-8"
+        };
+        return Response::builder()
+            .content_type(content_type)
+            .header(header::CACHE_CONTROL, "no-store")
+            .body(body);
+    }
 
     let access_token = random_token(32);
     shared.grants().tokens.insert(
