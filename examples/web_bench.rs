@@ -230,9 +230,10 @@ async fn signed_in_people(
             "user",
             SessionUser {
                 sub: user_id.clone(),
+                sid: None,
                 name: Some(format!("Bench {n}")),
                 email: Some(format!("{prefix}{n}@example.com")),
-                email_verified: true,
+                email_verified: Some(true),
                 picture: None,
                 roles: vec![],
                 id_token: None,

@@ -260,8 +260,7 @@ pub async fn spawn_app_with_worker(extra: &[(&str, &str)]) -> TestApp {
 }
 
 /// Starts an emulator with `config` and the app signing in against it as an external provider,
-/// configured with the issuer exactly as the emulator spells it. The emulator learns the app's
-/// callback and logout URLs once the app has a port.
+/// configured with the issuer exactly as the emulator spells it.
 pub async fn spawn_app_against(
     config: quotebook::emulator::EmulatorConfig,
     extra: &[(&str, &str)],
@@ -270,8 +269,18 @@ pub async fn spawn_app_against(
         .await
         .expect("emulator starts");
     let issuer = emulator.issuer_identifier();
+    spawn_app_with_provider(emulator, &issuer, extra).await
+}
+
+/// The app signing in against `emulator`, with `AUTH0_ISSUER_BASE_URL` written as `issuer`.
+/// The emulator learns the app's callback and logout URLs once the app has a port.
+pub async fn spawn_app_with_provider(
+    emulator: quotebook::emulator::Emulator,
+    issuer: &str,
+    extra: &[(&str, &str)],
+) -> TestApp {
     let mut vars = vec![
-        ("AUTH0_ISSUER_BASE_URL", issuer.as_str()),
+        ("AUTH0_ISSUER_BASE_URL", issuer),
         ("AUTH0_CLIENT_ID", quotebook::config::DEV_CLIENT_ID),
         ("AUTH0_CLIENT_SECRET", quotebook::config::DEV_CLIENT_SECRET),
     ];
@@ -487,11 +496,13 @@ pub async fn start_login_at(
     next: &str,
 ) -> LoginSteps {
     let next = url::form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>();
-    let start = client
-        .get(format!("{address}/auth/login?next={next}"))
-        .send()
-        .await
-        .expect("login request");
+    start_login_from(client, &format!("{address}/auth/login?next={next}"), email).await
+}
+
+/// Walks the real flow from the app's login URL `login` (with whatever query it carries) as
+/// `email`, returning the app's callback URL un-followed.
+pub async fn start_login_from(client: &reqwest::Client, login: &str, email: &str) -> LoginSteps {
+    let start = client.get(login).send().await.expect("login request");
     assert_eq!(
         start.status(),
         reqwest::StatusCode::SEE_OTHER,
