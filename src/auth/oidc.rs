@@ -211,7 +211,16 @@ impl OidcProvider {
         if let Some(fresh) = self.fresh_discovery().await {
             return Ok(fresh);
         }
-        let mut last_failure = self.refresh.lock().await;
+        let mut last_failure = match self.refresh.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => {
+                // A refresh is under way: aged metadata serves meanwhile, if there is any.
+                if let Some(stale) = self.discovered.read().await.clone() {
+                    return Ok(stale);
+                }
+                self.refresh.lock().await
+            }
+        };
         // Someone else may have refreshed, or failed, while this request waited.
         if let Some(fresh) = self.fresh_discovery().await {
             return Ok(fresh);
@@ -351,13 +360,25 @@ impl OidcProvider {
     /// expiry and nonce. An organization asked for must be the token's (`org_id`, or `org_name`
     /// for a name). Profile claims the token lacks are taken from UserInfo when it has them
     /// (Core 5.4: with the code flow, a provider may return them only there).
+    ///
+    /// `response_issuer` is the callback's `iss` parameter, when the provider sends one: it
+    /// must be this provider's, or the code goes nowhere (RFC 9207, mix-up defence).
     pub async fn exchange(
         &self,
         code: String,
         secrets: &AuthorizationSecrets,
         organization: Option<&str>,
+        response_issuer: Option<&str>,
     ) -> Result<VerifiedLogin, OidcError> {
         let discovered = self.discovered().await?;
+        if let Some(iss) = response_issuer
+            && iss != discovered.issuer
+        {
+            return Err(OidcError::InvalidIdToken(format!(
+                "the authorization response came from {iss}, not {}",
+                discovered.issuer
+            )));
+        }
         let response = discovered
             .token_client
             .exchange_code(AuthorizationCode::new(code))

@@ -89,6 +89,8 @@ pub struct CallbackQuery {
     state: Option<String>,
     error: Option<String>,
     error_description: Option<String>,
+    /// The provider's issuer (RFC 9207), sent by some providers.
+    iss: Option<String>,
 }
 
 /// `GET /auth/callback`: finishes the sign-in its `state` names, if this browser started it.
@@ -167,7 +169,7 @@ async fn finish_sign_in(
     };
     let verified = match state
         .oidc
-        .exchange(code, secrets, organization.as_deref())
+        .exchange(code, secrets, organization.as_deref(), query.iss.as_deref())
         .await
     {
         Ok(verified) => verified,

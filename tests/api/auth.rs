@@ -832,3 +832,28 @@ async fn an_id_token_for_another_organization_is_refused() {
     let me = browser.get(app.url("/auth/me")).send().await.unwrap();
     assert_eq!(me.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn a_callback_naming_another_issuer_is_refused_before_the_code_is_used() {
+    // RFC 9207: a provider may name itself in the authorization response (`iss`); a response
+    // that names another one is a mix-up and its code must not be sent anywhere.
+    let app = spawn_app().await;
+    let browser = client();
+    let steps = app.start_login(&browser, "mixup@example.com", "/").await;
+    let mut forged = url::Url::parse(&steps.callback_url).unwrap();
+    forged
+        .query_pairs_mut()
+        .append_pair("iss", "https://attacker.example/");
+    let refused = browser.get(forged).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    let me = browser.get(app.url("/auth/me")).send().await.unwrap();
+    assert_eq!(me.status(), StatusCode::UNAUTHORIZED);
+
+    // The provider's own name is fine.
+    let steps = app.start_login(&browser, "mixup@example.com", "/").await;
+    let mut named = url::Url::parse(&steps.callback_url).unwrap();
+    let issuer = app.emulator.as_ref().unwrap().issuer_identifier();
+    named.query_pairs_mut().append_pair("iss", &issuer);
+    let done = browser.get(named).send().await.unwrap();
+    assert_eq!(done.status(), StatusCode::SEE_OTHER);
+}

@@ -14,6 +14,7 @@ mod no_store;
 mod observability;
 mod providers;
 mod quotes;
+mod second_provider;
 mod sign_in_tabs;
 mod sync;
 mod webdriver;
