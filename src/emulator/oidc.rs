@@ -268,17 +268,17 @@ pub async fn authorize(req: &Request, shared: Data<&Arc<Shared>>) -> Response {
     )
 }
 
+fn invalid_redirect_uri() -> Response {
+    error_page(
+        StatusCode::BAD_REQUEST,
+        "Invalid redirect_uri",
+        "The redirect_uri is not a URL.",
+    )
+}
+
 /// The browser's single sign-on session: its cookie value and user, while it lasts.
 fn sso_session(req: &Request, shared: &Shared) -> Option<(String, String)> {
-    let value = req
-        .headers()
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SSO_COOKIE)
-        .map(|(_, value)| value.to_owned())?;
+    let value = crate::auth::cookies::read(req, SSO_COOKIE)?;
     let session = shared.grants().sso.get(&value).cloned()?;
     (session.created.elapsed() < SSO_TTL).then_some((value, session.user_id))
 }
@@ -310,11 +310,7 @@ fn complete_login(
     new_sso: Option<&str>,
 ) -> Response {
     let Ok(redirect_uri) = Url::parse(&pending.redirect_uri) else {
-        return error_page(
-            StatusCode::BAD_REQUEST,
-            "Invalid redirect_uri",
-            "The redirect_uri is not a URL.",
-        );
+        return invalid_redirect_uri();
     };
     let state = pending.state.as_deref();
     // Auth0 answers a blocked user with `unauthorized`, not `access_denied`.
@@ -399,11 +395,7 @@ pub async fn login(shared: Data<&Arc<Shared>>, body: Body) -> Response {
         );
     };
     let Ok(redirect_uri) = Url::parse(&pending.redirect_uri) else {
-        return error_page(
-            StatusCode::BAD_REQUEST,
-            "Invalid redirect_uri",
-            "The redirect_uri is not a URL.",
-        );
+        return invalid_redirect_uri();
     };
     let state = pending.state.as_deref();
 

@@ -145,10 +145,7 @@ async fn idle_and_absolute_expiry_sign_people_out() {
         .unwrap();
     // Changed behind the app's back (as another instance would): visible once the one-second
     // memory of recent sessions has lapsed.
-    tokio::time::sleep(
-        quotebook::auth::session_store::CACHE_TTL + std::time::Duration::from_millis(100),
-    )
-    .await;
+    helpers::wait_out_the_session_memory().await;
     assert_eq!(
         idle.get(app.url("/auth/me")).send().await.unwrap().status(),
         StatusCode::UNAUTHORIZED
@@ -164,10 +161,7 @@ async fn idle_and_absolute_expiry_sign_people_out() {
     .unwrap();
     // Changed behind the app's back (as another instance would): visible once the one-second
     // memory of recent sessions has lapsed.
-    tokio::time::sleep(
-        quotebook::auth::session_store::CACHE_TTL + std::time::Duration::from_millis(100),
-    )
-    .await;
+    helpers::wait_out_the_session_memory().await;
     assert_eq!(
         absolute
             .get(app.url("/auth/me"))
@@ -434,10 +428,7 @@ async fn any_instance_serves_a_session_and_a_logout_reaches_the_others_within_a_
         StatusCode::UNAUTHORIZED,
         "dead at once where it ended"
     );
-    tokio::time::sleep(
-        quotebook::auth::session_store::CACHE_TTL + std::time::Duration::from_millis(100),
-    )
-    .await;
+    helpers::wait_out_the_session_memory().await;
     let here = browser.get(app.url("/auth/me")).send().await.unwrap();
     assert_eq!(
         here.status(),
@@ -540,20 +531,7 @@ async fn a_blocked_user_is_told_so_without_a_pointless_try_again() {
     let emulator = app.emulator.clone().unwrap();
     let first = app.login_with(&client(), "blocked@example.com").await;
     assert_eq!(first.status(), StatusCode::SEE_OTHER);
-    let user = emulator
-        .users()
-        .find_by_email("blocked@example.com")
-        .unwrap();
-    emulator
-        .users()
-        .update(
-            &user.user_id,
-            quotebook::emulator::UserPatch {
-                blocked: Some(true),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    helpers::block_user(&emulator, "blocked@example.com");
     let refused = app.login_with(&client(), "blocked@example.com").await;
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
     let body = refused.text().await.unwrap();
@@ -569,14 +547,7 @@ async fn signed_in_with_an_expired_session(
 ) -> (reqwest::Client, String) {
     let browser = app.signed_in_client(email).await;
     let token = app.csrf_for(&browser).await;
-    sqlx::query("DELETE FROM sessions")
-        .execute(&app.db)
-        .await
-        .unwrap();
-    tokio::time::sleep(
-        quotebook::auth::session_store::CACHE_TTL + std::time::Duration::from_millis(100),
-    )
-    .await;
+    app.end_all_sessions().await;
     (browser, token)
 }
 
@@ -697,26 +668,16 @@ async fn login_passes_only_the_allowlisted_parameters_to_the_provider() {
     }
     assert!(!params.contains_key("audience") && !params.contains_key("foo"));
 
-    // The person signs up there and lands on returnTo, in the organization asked for.
+    // The provider opens its sign-up screen, and the sign-up lands on returnTo.
     let html = browser.get(to).send().await.unwrap().text().await.unwrap();
     assert!(html.contains("Create your account"), "{html}");
-    let form = helpers::find_form(&html, "email").unwrap();
-    let mut fields = form.hidden.clone();
-    fields.push(("email".into(), "new@example.com".into()));
-    let back = browser
-        .post(
-            app.emulator
-                .as_ref()
-                .unwrap()
-                .issuer()
-                .join(&form.action)
-                .unwrap(),
-        )
-        .form(&fields)
-        .send()
-        .await
-        .unwrap();
-    let done = browser.get(location(&back)).send().await.unwrap();
+    let steps = helpers::start_login_from(
+        &browser,
+        &app.url("/auth/login?returnTo=%2Fquote%2Fedit&screen_hint=signup&organization=org_abc123"),
+        "new@example.com",
+    )
+    .await;
+    let done = browser.get(&steps.callback_url).send().await.unwrap();
     assert_eq!(done.status(), StatusCode::SEE_OTHER);
     assert_eq!(location(&done), "/quote/edit");
 }
@@ -805,32 +766,29 @@ async fn an_id_token_for_another_organization_is_refused() {
     claims.insert("org_id".into(), serde_json::json!("org_someone_else"));
     emulator.faults().set_id_token_claims(claims);
     let browser = client();
-    let start = browser
-        .get(app.url("/auth/login?organization=org_abc123"))
-        .send()
-        .await
-        .unwrap();
-    let page = browser
-        .get(location(&start))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let form = helpers::find_form(&page, "email").unwrap();
-    let mut fields = form.hidden.clone();
-    fields.push(("email".into(), "member@example.com".into()));
-    let back = browser
-        .post(emulator.issuer().join(&form.action).unwrap())
-        .form(&fields)
-        .send()
-        .await
-        .unwrap();
-    let refused = browser.get(location(&back)).send().await.unwrap();
+    let steps = helpers::start_login_from(
+        &browser,
+        &app.url("/auth/login?organization=org_abc123"),
+        "member@example.com",
+    )
+    .await;
+    let refused = browser.get(&steps.callback_url).send().await.unwrap();
     assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
     let me = browser.get(app.url("/auth/me")).send().await.unwrap();
     assert_eq!(me.status(), StatusCode::UNAUTHORIZED);
+
+    // The organization's own token signs in.
+    let mut claims = serde_json::Map::new();
+    claims.insert("org_id".into(), serde_json::Value::Null);
+    emulator.faults().set_id_token_claims(claims);
+    let steps = helpers::start_login_from(
+        &browser,
+        &app.url("/auth/login?organization=org_abc123"),
+        "member@example.com",
+    )
+    .await;
+    let done = browser.get(&steps.callback_url).send().await.unwrap();
+    assert_eq!(done.status(), StatusCode::SEE_OTHER);
 }
 
 #[tokio::test]

@@ -102,28 +102,9 @@ fn request_id(html: &str) -> String {
     html[start..end].to_owned()
 }
 
-/// Walks authorize → login page → login with `email` and returns the code.
+/// Walks authorize → login page → login with `email` in a fresh browser and returns the code.
 async fn login(emulator: &Emulator, pkce: &Pkce, email: &str) -> String {
-    let http = client();
-    let page = http
-        .get(authorize_url(emulator, pkce, &[]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(page.status(), StatusCode::OK);
-    let html = page.text().await.unwrap();
-    let response = http
-        .post(url(emulator, "/u/login"))
-        .form(&[
-            ("request", request_id(&html).as_str()),
-            ("email", email),
-            ("action", "login"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::FOUND);
-    let location = location(&response);
+    let location = sign_in_with(&client(), emulator, pkce, email, &[]).await;
     assert!(location.starts_with(CALLBACK), "{location}");
     let query = query_of(&location);
     assert_eq!(query["state"], "state-123");
@@ -722,6 +703,17 @@ async fn logout_endpoints_check_the_return_url() {
     assert_eq!(forged.status(), StatusCode::BAD_REQUEST);
 }
 
+/// Signs in as `email` in a fresh browser and exchanges the code: the ID token.
+async fn id_token_for(emulator: &Emulator, pkce: &Pkce, email: &str) -> String {
+    let code = login(emulator, pkce, email).await;
+    let tokens: Value = exchange(emulator, &code, &pkce.verifier)
+        .await
+        .json()
+        .await
+        .unwrap();
+    tokens["id_token"].as_str().unwrap().to_owned()
+}
+
 /// `/authorize` with `client` (its cookies), answered without following redirects.
 async fn authorize_with(
     http: &reqwest::Client,
@@ -856,16 +848,8 @@ async fn the_issuer_is_spelled_as_configured_in_discovery_and_tokens() {
             .unwrap();
         assert_eq!(doc["issuer"], identifier);
         let pkce = pkce();
-        let code = login(&emulator, &pkce, "iss@example.com").await;
-        let tokens: Value = exchange(&emulator, &code, &pkce.verifier)
-            .await
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(
-            claims_unverified(tokens["id_token"].as_str().unwrap())["iss"],
-            identifier
-        );
+        let id_token = id_token_for(&emulator, &pkce, "iss@example.com").await;
+        assert_eq!(claims_unverified(&id_token)["iss"], identifier);
     }
     let elsewhere = Emulator::start(EmulatorConfig {
         issuer: IssuerIdentifier::Claimed("https://idp.internal:8443/realms/app".into()),
@@ -893,24 +877,12 @@ async fn a_rotated_key_signs_new_tokens_and_the_old_one_stays_published() {
         serde_json::from_slice::<Value>(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap()["kid"]
             .clone()
     };
-    let code = login(&emulator, &pkce, "rotate@example.com").await;
-    let before: Value = exchange(&emulator, &code, &pkce.verifier)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let before = before["id_token"].as_str().unwrap().to_owned();
+    let before = id_token_for(&emulator, &pkce, "rotate@example.com").await;
 
     emulator.rotate_signing_key().await.unwrap();
-    let code = login(&emulator, &pkce, "rotate@example.com").await;
-    let after: Value = exchange(&emulator, &code, &pkce.verifier)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let after = after["id_token"].as_str().unwrap();
-    assert_ne!(kid(after), kid(&before), "a new kid");
-    assert!(verify(&emulator, after).await.is_some());
+    let after = id_token_for(&emulator, &pkce, "rotate@example.com").await;
+    assert_ne!(kid(&after), kid(&before), "a new kid");
+    assert!(verify(&emulator, &after).await.is_some());
     assert!(
         verify(&emulator, &before).await.is_some(),
         "the old key is still published"
@@ -927,15 +899,8 @@ async fn claim_switches_send_the_shapes_other_connections_send() {
     shapes.insert("email_verified".into(), json!("jane@acme.example"));
     shapes.insert("name".into(), Value::Null);
     emulator.faults().set_id_token_claims(shapes);
-    let code = login(&emulator, &pkce, "jane@acme.example").await;
-    let tokens: Value = exchange(&emulator, &code, &pkce.verifier)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let claims = verify(&emulator, tokens["id_token"].as_str().unwrap())
-        .await
-        .unwrap();
+    let id_token = id_token_for(&emulator, &pkce, "jane@acme.example").await;
+    let claims = verify(&emulator, &id_token).await.unwrap();
     assert_eq!(claims["email_verified"], "jane@acme.example");
     assert!(claims.get("name").is_none());
     assert_eq!(claims["email"], "jane@acme.example");
@@ -943,13 +908,8 @@ async fn claim_switches_send_the_shapes_other_connections_send() {
     emulator
         .faults()
         .set_id_token_claims(serde_json::Map::new());
-    let code = login(&emulator, &pkce, "jane@acme.example").await;
-    let tokens: Value = exchange(&emulator, &code, &pkce.verifier)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let claims = claims_unverified(tokens["id_token"].as_str().unwrap());
+    let id_token = id_token_for(&emulator, &pkce, "jane@acme.example").await;
+    let claims = claims_unverified(&id_token);
     assert_eq!(claims["email_verified"], false);
     assert!(claims["name"].is_string());
 }
@@ -977,17 +937,7 @@ async fn post_login_denials_blocked_users_and_unknown_audiences_come_back_as_err
     assert_eq!(back["state"], "state-123");
     emulator.faults().deny_logins(None);
 
-    let user = emulator.users().find_by_email("deny@example.com").unwrap();
-    emulator
-        .users()
-        .update(
-            &user.user_id,
-            quotebook::emulator::UserPatch {
-                blocked: Some(true),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    crate::helpers::block_user(&emulator, "deny@example.com");
     let back = query_of(&sign_in_with(&client(), &emulator, &pkce, "deny@example.com", &[]).await);
     assert_eq!(back["error"], "unauthorized");
     assert_eq!(back["error_description"], "user is blocked");

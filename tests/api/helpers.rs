@@ -474,6 +474,16 @@ impl TestApp {
         (address, tx)
     }
 
+    /// Ends every local session behind the app's back (as expiry, or a logout on another
+    /// instance, would) and waits until this instance's memory of them has lapsed.
+    pub async fn end_all_sessions(&self) {
+        sqlx::query("DELETE FROM sessions")
+            .execute(&self.db)
+            .await
+            .expect("delete sessions");
+        wait_out_the_session_memory().await;
+    }
+
     /// The CSRF token of the signed-in home page.
     pub async fn csrf_for(&self, client: &reqwest::Client) -> String {
         let html = client
@@ -486,6 +496,31 @@ impl TestApp {
             .expect("home body");
         csrf_token(&html).expect("signed-in pages carry a CSRF token")
     }
+}
+
+/// Waits until sessions changed behind the app's back are read from the database again (the
+/// app remembers sessions it read for a second).
+pub async fn wait_out_the_session_memory() {
+    tokio::time::sleep(quotebook::auth::session_store::CACHE_TTL + Duration::from_millis(100))
+        .await;
+}
+
+/// Blocks the emulator's user with `email`, as an Auth0 dashboard's "Block" does.
+pub fn block_user(emulator: &quotebook::emulator::Emulator, email: &str) {
+    let user = emulator
+        .users()
+        .find_by_email(email)
+        .expect("the user exists");
+    emulator
+        .users()
+        .update(
+            &user.user_id,
+            quotebook::emulator::UserPatch {
+                blocked: Some(true),
+                ..Default::default()
+            },
+        )
+        .expect("the user is blocked");
 }
 
 /// Walks the real flow for the app at `address` (see [`TestApp::start_login`]).

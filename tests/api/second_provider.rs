@@ -202,16 +202,6 @@ async fn confirm_logout(
     location(&done)
 }
 
-/// Ends every local session behind the app's back, as expiry would.
-async fn expire_local_sessions(app: &TestApp) {
-    sqlx::query("DELETE FROM sessions")
-        .execute(&app.db)
-        .await
-        .unwrap();
-    tokio::time::sleep(quotebook::auth::session_store::CACHE_TTL + Duration::from_millis(100))
-        .await;
-}
-
 #[tokio::test]
 async fn sign_in_and_out_against_a_second_standards_following_provider() {
     let Some((app, provider)) = app_and_provider().await else {
@@ -243,7 +233,7 @@ async fn sign_in_and_out_against_a_second_standards_following_provider() {
 
     // While the provider's session lasts, a browser whose local session has ended (here: its
     // rows removed) signs in again without the form.
-    expire_local_sessions(&app).await;
+    app.end_all_sessions().await;
     let lands = second_login_lands(&app, &provider, &browser).await;
     assert!(lands.starts_with(&app.url("/auth/callback")), "{lands}");
     let done = browser.get(&lands).send().await.unwrap();
@@ -296,7 +286,7 @@ async fn log_out_after_the_local_session_expired_ends_the_second_providers_sessi
         .await
         .unwrap();
     let stale_token = csrf_token(&html).unwrap();
-    expire_local_sessions(&app).await;
+    app.end_all_sessions().await;
 
     let logout = browser
         .post(app.url("/auth/logout"))
