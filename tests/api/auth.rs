@@ -46,6 +46,17 @@ async fn full_login_signs_the_person_in() {
     assert!(home.contains("Welcome, "), "{home}");
     assert!(home.contains("Log out"));
 
+    // The provider's session id stays with the session (back-channel logout names it).
+    let stored: String = sqlx::query_scalar("SELECT data->'data'->>'user' FROM sessions")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    let stored: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    assert!(
+        stored["sid"].as_str().is_some_and(|sid| !sid.is_empty()),
+        "{stored}"
+    );
+
     // The users row was created from the claims.
     let email: String = sqlx::query_scalar("SELECT email FROM users WHERE user_id = $1")
         .bind(me["sub"].as_str().unwrap())
