@@ -159,6 +159,8 @@ pub struct OidcProvider {
 }
 
 impl OidcProvider {
+    /// The client for the provider at `issuer` (as configured), returning to `redirect_url`.
+    /// Nothing is fetched yet (see `warm_up`).
     pub fn new(
         issuer: Issuer,
         settings: AuthSettings,
