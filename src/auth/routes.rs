@@ -281,7 +281,9 @@ fn not_taken(state: &AppState, req: &Request, session: &Session, found: Found) -
 }
 
 /// The provider's `error` on this browser's own callback (RFC 6749 4.1.2.1, OpenID Connect
-/// Core 3.1.2.6, and Auth0's `unauthorized` for blocked users), with its description.
+/// Core 3.1.2.6, and Auth0's `unauthorized` for blocked users:
+/// https://auth0.com/docs/manage-users/user-accounts/block-and-unblock-users), with its
+/// description.
 fn provider_error(shell: &Shell, error: &str, description: Option<&str>, next: &str) -> Response {
     let retry = Some(login_link(next));
     let (status, title, message, try_again) = match error {

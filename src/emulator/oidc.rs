@@ -314,6 +314,7 @@ fn complete_login(
     };
     let state = pending.state.as_deref();
     // Auth0 answers a blocked user with `unauthorized`, not `access_denied`.
+    // https://auth0.com/docs/manage-users/user-accounts/block-and-unblock-users
     if user.blocked {
         return redirect_error(&redirect_uri, "unauthorized", "user is blocked", state);
     }
