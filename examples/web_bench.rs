@@ -75,12 +75,15 @@ async fn main() -> anyhow::Result<()> {
     admin.close().await?;
 
     let port = free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
     let app = AppProcess(
         Command::new(&binary)
             .arg("serve")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("PORT", port.to_string())
+            // The address wrk uses is the canonical one: nothing is redirected.
+            .env("APP_BASE_URL", &base)
             .env("DATABASE_URL", cluster.url("bench"))
             .env("AUTH0_EMULATOR_ADDR", "127.0.0.1:0")
             .env("AUTH0_EMULATOR_PERSIST_KEY", "false")
@@ -91,7 +94,6 @@ async fn main() -> anyhow::Result<()> {
             .stderr(Stdio::inherit())
             .spawn()?,
     );
-    let base = format!("http://127.0.0.1:{port}");
     wait_until_up(&base).await?;
 
     let pool = sqlx::PgPool::connect_with(cluster.connect_options("bench")).await?;
@@ -230,9 +232,10 @@ async fn signed_in_people(
             "user",
             SessionUser {
                 sub: user_id.clone(),
+                sid: None,
                 name: Some(format!("Bench {n}")),
                 email: Some(format!("{prefix}{n}@example.com")),
-                email_verified: true,
+                email_verified: Some(true),
                 picture: None,
                 roles: vec![],
                 id_token: None,

@@ -48,11 +48,64 @@ pub enum TokenAuthMethod {
     Basic,
 }
 
+/// An OpenID Provider's issuer identifier exactly as configured: an http(s) URL without query
+/// or fragment (OpenID Connect Discovery 1.0, section 2). It is kept as written, never given or
+/// stripped of a trailing slash, because providers differ (`https://TENANT.auth0.com/`,
+/// `https://accounts.google.com`, `https://HOST/realms/NAME`) and tokens' `iss` is compared
+/// as a string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issuer {
+    written: String,
+    url: Url,
+}
+
+impl Issuer {
+    /// Accepts an http(s) URL with a host and no query or fragment; `var` names the setting in
+    /// the error.
+    pub fn parse(var: &'static str, raw: &str) -> Result<Self, ConfigError> {
+        let url = parse_http_url(var, raw)?;
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(ConfigError::new(
+                var,
+                format!("an issuer has no query or fragment, got {raw:?}"),
+            ));
+        }
+        Ok(Self {
+            written: raw.to_owned(),
+            url,
+        })
+    }
+
+    /// Auth0's issuer for a tenant domain: `https://DOMAIN/`.
+    /// https://auth0.com/docs/get-started/applications/configure-applications-with-oidc-discovery
+    pub fn auth0_domain(domain: &str) -> Result<Self, ConfigError> {
+        let domain = domain.trim_end_matches('/');
+        let domain = domain.strip_prefix("https://").unwrap_or(domain);
+        Self::parse("AUTH0_DOMAIN", &format!("https://{domain}/"))
+    }
+
+    /// The identifier as written.
+    pub fn as_str(&self) -> &str {
+        &self.written
+    }
+
+    /// The identifier as a URL (normalised: an empty path becomes `/`).
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+}
+
+impl fmt::Display for Issuer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.written)
+    }
+}
+
 /// Where sign-in and the Management API live.
 #[derive(Debug, Clone)]
 pub enum IdentityProvider {
     /// A real OpenID provider (Auth0 or any other standards-following one).
-    External { issuer: Url },
+    External { issuer: Issuer },
     /// The built-in Auth0 emulator, started in-process on `bind` (development only).
     Emulator { bind: std::net::SocketAddr },
 }
@@ -68,6 +121,18 @@ pub struct AuthSettings {
     pub mgmt_client_secret: Secret,
     /// Namespaced ID-token claim holding the user's roles (Auth0 drops bare names like `roles`).
     pub roles_claim: String,
+    /// What every sign-in asks the provider for besides what the person chose.
+    pub login: LoginSettings,
+}
+
+/// `AUTH0_AUDIENCE` and `AUTH0_SCOPE`: the API the access token is for and scopes beyond
+/// `openid profile email` (Auth0's Universal Login parameters, named as @auth0/nextjs-auth0 v4
+/// names them). https://auth0.com/docs/authenticate/login/auth0-universal-login
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoginSettings {
+    pub audience: Option<String>,
+    /// Scope tokens (RFC 6749 section 3.3), `openid profile email` first, without repeats.
+    pub scopes: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -353,24 +418,10 @@ fn auth_settings(
     production: bool,
 ) -> Result<AuthSettings, ConfigError> {
     let wants_emulator = parse_bool(get, "AUTH0_EMULATOR", false)?;
+    // Only a bare Auth0 domain is given Auth0's form; any issuer URL is used as written.
     let issuer = match (get("AUTH0_DOMAIN"), get("AUTH0_ISSUER_BASE_URL")) {
-        (Some(domain), _) => {
-            let domain = domain.trim_end_matches('/');
-            let domain = domain.strip_prefix("https://").unwrap_or(domain);
-            Some(parse_http_url(
-                "AUTH0_DOMAIN",
-                &format!("https://{domain}/"),
-            )?)
-        }
-        (None, Some(raw)) => {
-            let mut url = parse_http_url("AUTH0_ISSUER_BASE_URL", &raw)?;
-            // Auth0's issuer carries a trailing slash and ID tokens are compared exactly.
-            if !url.path().ends_with('/') {
-                let path = format!("{}/", url.path());
-                url.set_path(&path);
-            }
-            Some(url)
-        }
+        (Some(domain), _) => Some(Issuer::auth0_domain(&domain)?),
+        (None, Some(raw)) => Some(Issuer::parse("AUTH0_ISSUER_BASE_URL", &raw)?),
         (None, None) => None,
     };
 
@@ -382,7 +433,7 @@ fn auth_settings(
             ));
         }
         Some(issuer) if !wants_emulator => {
-            if production && issuer.scheme() != "https" {
+            if production && issuer.url().scheme() != "https" {
                 return Err(ConfigError::new(
                     "AUTH0_ISSUER_BASE_URL",
                     "must be an https URL in production",
@@ -455,7 +506,40 @@ fn auth_settings(
         client_secret,
         token_auth,
         roles_claim: get("AUTH0_ROLES_CLAIM").unwrap_or_else(|| DEFAULT_ROLES_CLAIM.to_owned()),
+        login: login_settings(get)?,
     })
+}
+
+/// The scopes every sign-in requests: the profile the app shows needs these.
+const BASE_SCOPES: [&str; 3] = ["openid", "profile", "email"];
+
+fn login_settings(get: &impl Fn(&str) -> Option<String>) -> Result<LoginSettings, ConfigError> {
+    let mut scopes: Vec<String> = BASE_SCOPES.iter().map(|s| (*s).to_owned()).collect();
+    for scope in get("AUTH0_SCOPE").unwrap_or_default().split_whitespace() {
+        // RFC 6749 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+        if !scope
+            .bytes()
+            .all(|b| matches!(b, 0x21 | 0x23..=0x5B | 0x5D..=0x7E))
+        {
+            return Err(ConfigError::new(
+                "AUTH0_SCOPE",
+                format!("expected space-separated scopes, got {scope:?}"),
+            ));
+        }
+        if !scopes.iter().any(|s| s == scope) {
+            scopes.push(scope.to_owned());
+        }
+    }
+    let audience = get("AUTH0_AUDIENCE");
+    if let Some(audience) = &audience
+        && audience.chars().any(char::is_control)
+    {
+        return Err(ConfigError::new(
+            "AUTH0_AUDIENCE",
+            "expected an API identifier such as https://api.example.com",
+        ));
+    }
+    Ok(LoginSettings { audience, scopes })
 }
 
 fn parse_http_url(var: &'static str, raw: &str) -> Result<Url, ConfigError> {
@@ -580,8 +664,9 @@ mod tests {
         ]))
         .unwrap();
         match s.auth.provider {
+            // As written: discovery finds Auth0's `https://tenant.us.auth0.com/` from it.
             IdentityProvider::External { issuer } => {
-                assert_eq!(issuer.as_str(), "https://tenant.us.auth0.com/")
+                assert_eq!(issuer.as_str(), "https://tenant.us.auth0.com")
             }
             other => panic!("expected an external provider, got {other:?}"),
         }
@@ -594,6 +679,76 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(s.base_url.as_str(), "http://localhost:5000/");
+    }
+
+    #[test]
+    fn issuers_are_kept_as_written_and_only_a_domain_gets_auth0s_form() {
+        let issuer = |pairs: &[(&str, &str)]| {
+            let mut all = vec![("AUTH0_CLIENT_ID", "id"), ("AUTH0_CLIENT_SECRET", "s")];
+            all.extend_from_slice(pairs);
+            match Settings::from_vars(&vars(&all)).map(|s| s.auth.provider) {
+                Ok(IdentityProvider::External { issuer }) => Ok(issuer.as_str().to_owned()),
+                Ok(other) => panic!("expected an external provider, got {other:?}"),
+                Err(err) => Err(err.var),
+            }
+        };
+        for written in [
+            "https://accounts.google.com",
+            "https://kc.example/realms/app",
+            "https://kc.example/realms/app/",
+            "https://tenant.eu.auth0.com/",
+        ] {
+            assert_eq!(
+                issuer(&[("AUTH0_ISSUER_BASE_URL", written)]),
+                Ok(written.into())
+            );
+        }
+        for domain in ["tenant.eu.auth0.com", "https://tenant.eu.auth0.com/"] {
+            assert_eq!(
+                issuer(&[("AUTH0_DOMAIN", domain)]),
+                Ok("https://tenant.eu.auth0.com/".into())
+            );
+        }
+        assert_eq!(
+            issuer(&[("AUTH0_ISSUER_BASE_URL", "https://idp.example/?tenant=1")]),
+            Err("AUTH0_ISSUER_BASE_URL")
+        );
+    }
+
+    #[test]
+    fn login_settings_add_scopes_once_and_refuse_malformed_ones() {
+        let s = Settings::from_vars(&vars(&[
+            ("AUTH0_AUDIENCE", "https://api.example"),
+            (
+                "AUTH0_SCOPE",
+                "openid offline_access  read:quotes offline_access",
+            ),
+        ]))
+        .unwrap();
+        assert_eq!(
+            s.auth.login.audience.as_deref(),
+            Some("https://api.example")
+        );
+        assert_eq!(
+            s.auth.login.scopes,
+            [
+                "openid",
+                "profile",
+                "email",
+                "offline_access",
+                "read:quotes"
+            ]
+        );
+        let err = Settings::from_vars(&vars(&[("AUTH0_SCOPE", "read\\quotes")])).unwrap_err();
+        assert_eq!(err.var, "AUTH0_SCOPE");
+        assert_eq!(
+            Settings::from_vars(&HashMap::new())
+                .unwrap()
+                .auth
+                .login
+                .scopes,
+            ["openid", "profile", "email"]
+        );
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! below turns the poem app into a tower service (carrying poem's connection info across in an
 //! extension), the layers wrap it, and poem's `TowerCompatExt` turns the result back into an
 //! endpoint. Order, outermost first: request id, trace span, id propagation, security headers,
-//! compression, timeout, then (poem side) the body limit (`web::body_limit`) and the app.
+//! `Cache-Control: no-store`, compression, timeout, then (poem side) the body limit
+//! (`web::body_limit`) and the app.
 
 use std::{
     convert::Infallible,
@@ -102,6 +103,10 @@ pub fn wrap(
         .layer(header("x-content-type-options", "nosniff"))
         .layer(header("referrer-policy", "strict-origin-when-cross-origin"))
         .layer(header("x-frame-options", "DENY"))
+        // No private page in any cache, whatever produced it (handler, error page, redirect,
+        // a layer's own 413 or 503): every response may depend on the session unless it says
+        // otherwise. Only the versioned, public `/assets/*` do, with their own Cache-Control.
+        .layer(header("cache-control", "no-store"))
         .layer(CompressionLayer::new())
         // Outside the body limit, so a slow body upload counts against the timeout too.
         .layer(TimeoutLayer::with_status_code(

@@ -45,7 +45,7 @@ enum Command {
     Worker,
     /// Run the built-in Auth0 emulator on its own (development and tests only).
     #[cfg(feature = "emulator")]
-    Emulator(EmulatorArgs),
+    Emulator(Box<EmulatorArgs>),
 }
 
 #[cfg(feature = "emulator")]
@@ -81,6 +81,12 @@ struct EmulatorArgs {
     /// Namespaced ID-token claim that carries the user's roles.
     #[arg(long, default_value = quotebook::config::DEFAULT_ROLES_CLAIM)]
     roles_claim: String,
+    /// Audience of an API registered in the tenant, accepted as `audience` (repeatable).
+    #[arg(long = "api")]
+    apis: Vec<String>,
+    /// Spell the issuer without a trailing slash (as Google, Okta and Keycloak do).
+    #[arg(long)]
+    issuer_without_trailing_slash: bool,
 }
 
 /// Every request allocates and frees many small, short-lived blocks (poem boxes each endpoint's
@@ -109,7 +115,7 @@ async fn main() -> ExitCode {
         Command::Sync { full } => sync(settings, full).await,
         Command::Worker => worker(settings).await,
         #[cfg(feature = "emulator")]
-        Command::Emulator(args) => emulator(args).await,
+        Command::Emulator(args) => emulator(*args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -214,7 +220,7 @@ async fn migrate(mut settings: Settings) -> anyhow::Result<()> {
 
 #[cfg(feature = "emulator")]
 async fn emulator(args: EmulatorArgs) -> anyhow::Result<()> {
-    use quotebook::emulator::{Emulator, EmulatorConfig};
+    use quotebook::emulator::{Emulator, EmulatorConfig, IssuerIdentifier};
     let emulator = Emulator::start(EmulatorConfig {
         bind: std::net::SocketAddr::from(([127, 0, 0, 1], args.port)),
         client_id: args.client_id,
@@ -226,10 +232,16 @@ async fn emulator(args: EmulatorArgs) -> anyhow::Result<()> {
         rate_limit: args.rate_limit,
         key_file: Some(args.key_file),
         roles_claim: args.roles_claim,
+        issuer: if args.issuer_without_trailing_slash {
+            IssuerIdentifier::NoTrailingSlash
+        } else {
+            IssuerIdentifier::Auth0
+        },
+        apis: args.apis,
     })
     .await?;
     tracing::warn!(
-        issuer = %emulator.issuer(),
+        issuer = %emulator.issuer_identifier(),
         users = emulator.users().count(),
         "*** AUTH0 EMULATOR (development only, no real accounts) listening at {} ***",
         emulator.issuer()

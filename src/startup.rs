@@ -126,7 +126,10 @@ impl Application {
             IdentityProvider::External { issuer } => issuer.clone(),
             #[cfg(feature = "emulator")]
             IdentityProvider::Emulator { .. } => match &emulator {
-                Some(emulator) => emulator.issuer(),
+                Some(emulator) => crate::config::Issuer::parse(
+                    "AUTH0_EMULATOR_ADDR",
+                    &emulator.issuer_identifier(),
+                )?,
                 None => anyhow::bail!("the Auth0 emulator did not start"),
             },
             #[cfg(not(feature = "emulator"))]
@@ -139,9 +142,18 @@ impl Application {
             settings.auth.clone(),
             settings.callback_url(),
         )?);
-        // Discovery failing at start is not fatal: login retries it and says so meanwhile.
-        if let Err(err) = oidc.warm_up().await {
-            tracing::warn!(error = %err, "OpenID provider not reachable at start; will retry on login");
+        // Discovery failing at start is not fatal: login retries it and says so meanwhile. A
+        // mismatched issuer is a configuration error that retrying will not fix: say so loudly.
+        match oidc.warm_up().await {
+            Ok(()) => {}
+            Err(err @ crate::auth::oidc::OidcError::IssuerMismatch { .. }) => tracing::error!(
+                issuer = %oidc.issuer(),
+                "sign-in is misconfigured: {err}; nobody can sign in until AUTH0_DOMAIN or \
+                 AUTH0_ISSUER_BASE_URL names the provider's issuer (see /readyz)"
+            ),
+            Err(err) => {
+                tracing::warn!(error = %err, "OpenID provider not usable at start; will retry on login")
+            }
         }
 
         let settings = Arc::new(settings);
@@ -168,17 +180,27 @@ impl Application {
         };
         let mut background = vec![tokio::spawn(crate::auth::reap_sessions(
             sessions.store.clone(),
+            database.pool.clone(),
         ))];
         if let Some(addr) = settings.metrics.addr {
             background.push(serve_private_metrics(addr, state.clone()).await?);
         }
 
         let sessions = Arc::new(sessions);
+        let canonical = Arc::new(web::canonical_origin::CanonicalOrigin::new(
+            &settings.base_url,
+            settings.trust_proxy_headers,
+        ));
         let app = http_stack::wrap(
             routes()
                 .around(move |ep, req| {
                     let sessions = sessions.clone();
                     async move { sessions.handle(ep, req).await }
+                })
+                // Outside the sessions: nothing is read or stored for a foreign host.
+                .around(move |ep, req| {
+                    let canonical = canonical.clone();
+                    async move { canonical.handle(ep, req).await }
                 })
                 .data(state),
             StackSettings {
@@ -301,6 +323,9 @@ async fn start_emulator(
             .persist_key
             .then(|| settings.data_dir.join("emulator-key.pem")),
         roles_claim: settings.auth.roles_claim.clone(),
+        issuer: crate::emulator::IssuerIdentifier::Auth0,
+        // The configured API, so sign-ins that ask for it are not refused.
+        apis: settings.auth.login.audience.iter().cloned().collect(),
     })
     .await?;
     tracing::warn!(

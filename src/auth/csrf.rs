@@ -22,6 +22,12 @@ pub fn token(session: &Session) -> Result<String, AppError> {
     Ok(token)
 }
 
+/// Puts a token back after the session was regenerated (the same person signing in again in
+/// another tab keeps the token their open pages carry).
+pub fn restore(session: &Session, token: &str) -> Result<(), AppError> {
+    session.insert(KEY, token)
+}
+
 /// The session's token if it has one (never creates a session).
 pub fn existing_token(session: &Session) -> Option<String> {
     session.get::<String>(KEY)

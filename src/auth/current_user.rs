@@ -12,10 +12,15 @@ const KEY: &str = "user";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionUser {
     pub sub: String,
+    /// The provider's session id (the ID token's `sid`), which OpenID Connect Back-Channel
+    /// Logout 1.0 tokens name; absent when the provider sends none.
+    #[serde(default)]
+    pub sid: Option<String>,
     pub name: Option<String>,
     pub email: Option<String>,
+    /// `None` when the provider did not say (or said something that is not a yes or no).
     #[serde(default)]
-    pub email_verified: bool,
+    pub email_verified: Option<bool>,
     pub picture: Option<String>,
     #[serde(default)]
     pub roles: Vec<String>,

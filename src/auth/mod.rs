@@ -1,8 +1,13 @@
 //! Sign-in with any OpenID provider (Auth0 in production, the emulator in development),
 //! Postgres-backed sessions, CSRF protection and the signed-in-user extractor.
 
+pub mod cookies;
 pub mod csrf;
 pub mod current_user;
+pub mod discovery;
+pub mod id_token;
+pub mod login_request;
+pub mod login_transaction;
 pub mod oidc;
 pub mod roles;
 pub mod routes;
@@ -51,8 +56,8 @@ pub fn shell_for(session: &Session, settings: &Settings) -> Shell {
     }
 }
 
-/// Deletes expired sessions every few minutes, for as long as the app runs.
-pub async fn reap_sessions(store: PgSessionStore) {
+/// Deletes expired sessions and sign-ins every few minutes, for as long as the app runs.
+pub async fn reap_sessions(store: PgSessionStore, db: sqlx::PgPool) {
     let mut every = tokio::time::interval(Duration::from_secs(300));
     loop {
         every.tick().await;
@@ -60,6 +65,11 @@ pub async fn reap_sessions(store: PgSessionStore) {
             Ok(0) => {}
             Ok(n) => tracing::debug!(removed = n, "expired sessions removed"),
             Err(err) => tracing::warn!(error = %err, "could not remove expired sessions"),
+        }
+        match login_transaction::reap(&db).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "expired sign-ins removed"),
+            Err(err) => tracing::warn!(error = %err, "could not remove expired sign-ins"),
         }
     }
 }

@@ -2,9 +2,10 @@
 //! handlers use.
 //!
 //! The cookie holds only async-session's opaque random value; everything else lives in Postgres.
-//! Anonymous visitors get no session (and no database write) until something needs one: starting
-//! a login. Sessions end after an idle timeout (extended at most once a minute, so reading pages
-//! does not write on every request) or an absolute lifetime, whichever comes first.
+//! Anonymous visitors get no session (and no database write): a pending sign-in is kept apart
+//! (`login_transaction`), so the session starts at the successful callback. Sessions end after an
+//! idle timeout (extended at most once a minute, so reading pages does not write on every
+//! request) or an absolute lifetime counted from the sign-in, whichever comes first.
 
 use std::{
     sync::{Arc, Mutex},
@@ -13,10 +14,10 @@ use std::{
 
 use async_session::{Session as StoredSession, SessionStore};
 use chrono::Utc;
-use poem::{Endpoint, FromRequest, IntoResponse, Request, RequestBody, Response, http::header};
+use poem::{Endpoint, FromRequest, IntoResponse, Request, RequestBody, Response};
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::session_store::PgSessionStore;
+use super::{cookies, session_store::PgSessionStore};
 use crate::error::AppError;
 
 const CREATED_AT: &str = "created_at";
@@ -91,20 +92,13 @@ impl Session {
         self.lock().session.is_some()
     }
 
-    /// A new session id with the same data (at login: no session fixation). The old row is deleted.
-    pub fn renew(&self) {
+    /// Starts a fresh, empty session with a new id, at sign-in: nothing fixed in advance
+    /// survives (no session fixation), and the absolute lifetime counts from now. The old row
+    /// is deleted.
+    pub fn regenerate(&self) {
         let mut state = self.lock();
         let config = self.config.clone();
-        let old = state.session.take();
-        let mut fresh = new_session(&config);
-        if let Some(old) = old {
-            for key in session_keys(&old) {
-                if let Some(raw) = old.get_raw(&key) {
-                    fresh.insert_raw(&key, raw);
-                }
-            }
-        }
-        state.session = Some(fresh);
+        state.session = Some(new_session(&config));
         state.renewed = true;
     }
 
@@ -114,18 +108,6 @@ impl Session {
         state.session = None;
         state.destroyed = true;
     }
-}
-
-/// async-session does not list keys; its serialised form does.
-fn session_keys(session: &StoredSession) -> Vec<String> {
-    serde_json::to_value(session)
-        .ok()
-        .and_then(|v| {
-            v.get("data")
-                .and_then(|d| d.as_object())
-                .map(|o| o.keys().cloned().collect())
-        })
-        .unwrap_or_default()
 }
 
 fn new_session(config: &SessionConfig) -> StoredSession {
@@ -151,7 +133,7 @@ pub struct SessionMiddleware {
 
 impl SessionMiddleware {
     pub async fn handle<E: Endpoint>(&self, next: E, mut req: Request) -> poem::Result<Response> {
-        let cookie = read_cookie(&req, self.config.cookie_name);
+        let cookie = cookies::read(&req, self.config.cookie_name);
         let loaded = match cookie {
             Some(value) => self.load(value).await?,
             None => None,
@@ -217,7 +199,7 @@ impl SessionMiddleware {
             self.store.destroy_session(old).await.map_err(store_error)?;
         }
         if destroyed && current.is_none() {
-            set_cookie(response, &self.config, "", Some(0));
+            cookies::set(response, self.config.cookie_name, "", self.config.secure, 0);
             return Ok(());
         }
         let Some(current) = current else {
@@ -233,7 +215,13 @@ impl SessionMiddleware {
             .await
             .map_err(store_error)?
         {
-            set_cookie(response, &self.config, &cookie_value, Some(max_age));
+            cookies::set(
+                response,
+                self.config.cookie_name,
+                &cookie_value,
+                self.config.secure,
+                max_age,
+            );
         }
         Ok(())
     }
@@ -270,37 +258,4 @@ fn store_error(err: async_session::Error) -> AppError {
         Ok(lookup) => lookup.into(),
         Err(other) => AppError::Internal(other),
     }
-}
-
-fn read_cookie(req: &Request, name: &str) -> Option<String> {
-    req.headers()
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim_matches('"').to_owned())
-        .filter(|v| !v.is_empty())
-}
-
-fn set_cookie(response: &mut Response, config: &SessionConfig, value: &str, max_age: Option<u64>) {
-    let mut cookie = format!(
-        "{}={value}; Path=/; HttpOnly; SameSite=Lax",
-        config.cookie_name
-    );
-    if config.secure {
-        cookie.push_str("; Secure");
-    }
-    if let Some(age) = max_age {
-        cookie.push_str(&format!("; Max-Age={age}"));
-    }
-    if let Ok(value) = header::HeaderValue::from_str(&cookie) {
-        response.headers_mut().append(header::SET_COOKIE, value);
-    }
-    // Pages that depend on a session must never be cached by a shared cache.
-    response.headers_mut().insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-store"),
-    );
 }

@@ -14,7 +14,12 @@ pub async fn upsert_from_login(db: &PgPool, login: &VerifiedLogin) -> Result<(),
          VALUES ($1, $2, $3, $4, $5, $6, now())
          ON CONFLICT (user_id) DO UPDATE SET
              email = COALESCE(EXCLUDED.email, users.email),
-             email_verified = COALESCE(EXCLUDED.email_verified, users.email_verified),
+             -- An unknown answer keeps what was known, unless the address itself changed.
+             email_verified = CASE
+                 WHEN EXCLUDED.email IS DISTINCT FROM users.email AND EXCLUDED.email IS NOT NULL
+                     THEN EXCLUDED.email_verified
+                 ELSE COALESCE(EXCLUDED.email_verified, users.email_verified)
+             END,
              name = COALESCE(EXCLUDED.name, users.name),
              nickname = COALESCE(EXCLUDED.nickname, users.nickname),
              picture = COALESCE(EXCLUDED.picture, users.picture),
@@ -23,11 +28,11 @@ pub async fn upsert_from_login(db: &PgPool, login: &VerifiedLogin) -> Result<(),
              deleted_at = NULL",
     )
     .bind(&login.sub)
-    .bind(login.email.as_deref().map(storable::text))
-    .bind(login.email_verified)
-    .bind(login.name.as_deref().map(storable::text))
-    .bind(login.nickname.as_deref().map(storable::text))
-    .bind(login.picture.as_deref().map(storable::text))
+    .bind(login.profile.email.as_deref().map(storable::text))
+    .bind(login.profile.email_verified)
+    .bind(login.profile.name.as_deref().map(storable::text))
+    .bind(login.profile.nickname.as_deref().map(storable::text))
+    .bind(login.profile.picture.as_deref().map(storable::text))
     .execute(db)
     .await?;
     Ok(())

@@ -1,5 +1,6 @@
-//! Switches tests flip to make the emulator misbehave the way a real provider can: errors,
-//! hangs, slowness, rate limits and broken ID tokens.
+//! Switches tests flip to make the emulator misbehave, or behave as real tenants do beyond the
+//! defaults: errors, hangs, slowness, rate limits, broken ID tokens, claims in the shapes other
+//! connections send, and a post-login Action that refuses the sign-in.
 
 use std::{
     collections::VecDeque,
@@ -39,6 +40,9 @@ struct State {
     queue: VecDeque<Injected>,
     latency: Duration,
     id_token: Option<IdTokenFault>,
+    claims: serde_json::Map<String, serde_json::Value>,
+    login_denial: Option<String>,
+    token_response: Option<String>,
 }
 
 /// Fault switches; shared by the emulator's handlers.
@@ -90,6 +94,24 @@ impl Faults {
         self.state().id_token = fault;
     }
 
+    /// Claims the next ID tokens carry instead of the usual ones; `null` leaves a claim out.
+    /// Real tenants send such shapes: a SAML connection's `fieldsMap` maps profile fields from
+    /// assertion attributes, whose values are strings, so `email_verified` arrives as `"true"`,
+    /// `"false"` or whatever the attribute held, and `email` or `name` may be missing. An empty
+    /// map restores the defaults.
+    /// https://auth0.com/docs/api/management/v2/connections/post-connections (`options.fieldsMap`)
+    pub fn set_id_token_claims(&self, claims: serde_json::Map<String, serde_json::Value>) {
+        self.state().claims = claims;
+    }
+
+    /// A post-login Action that calls `api.access.deny(reason)`: after the person signs in on
+    /// the login page, the emulator sends `error=access_denied&error_description=<reason>` back
+    /// to the application instead of a code. `None` lets sign-ins through again.
+    /// https://auth0.com/docs/customize/actions/explore-triggers/signup-and-login-triggers/login-trigger/post-login-api-object
+    pub fn deny_logins(&self, reason: Option<&str>) {
+        self.state().login_denial = reason.map(str::to_owned);
+    }
+
     /// Management API requests received so far (benchmarks divide work by this).
     pub fn management_requests(&self) -> u64 {
         self.management_requests.load(Ordering::Relaxed)
@@ -106,7 +128,26 @@ impl Faults {
         (injected, state.latency)
     }
 
+    /// The token endpoint answers a valid code with this body (status 200) instead of the
+    /// tokens: an HTML error page from a proxy, or JSON whose `id_token` is not a JWT. `None`
+    /// restores real token responses.
+    pub fn set_token_response(&self, body: Option<&str>) {
+        self.state().token_response = body.map(str::to_owned);
+    }
+
+    pub(crate) fn token_response(&self) -> Option<String> {
+        self.state().token_response.clone()
+    }
+
     pub(crate) fn id_token_fault(&self) -> Option<IdTokenFault> {
         self.state().id_token
+    }
+
+    pub(crate) fn id_token_claims(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.state().claims.clone()
+    }
+
+    pub(crate) fn login_denial(&self) -> Option<String> {
+        self.state().login_denial.clone()
     }
 }

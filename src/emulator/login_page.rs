@@ -67,15 +67,28 @@ pub struct LoginView<'a> {
     pub email: &'a str,
     pub name: &'a str,
     pub error: Option<&'a str>,
+    /// `screen_hint=signup`: Universal Login opens on its sign-up screen.
+    pub signup: bool,
 }
 
 pub fn login(view: &LoginView<'_>) -> Markup {
+    let (title, note) = if view.signup {
+        (
+            "Create your account",
+            "Sign up with any email address (or pick an existing demo user).",
+        )
+    } else {
+        (
+            "Sign in",
+            "Choose a demo user or continue with any email address.",
+        )
+    };
     shell(
-        "Sign in",
+        title,
         html! {
             div.banner { "Auth0 emulator: development only. No passwords; pick anyone." }
-            h1 { "Sign in" }
-            p.note { "Choose a demo user or continue with any email address." }
+            h1 { (title) }
+            p.note { (note) }
             @if let Some(error) = view.error {
                 div.error role="alert" { (error) }
             }

@@ -5,8 +5,9 @@
 //!
 //! Routes (Auth0's paths):
 //! - `/.well-known/openid-configuration`, `/.well-known/jwks.json`
-//! - `GET /authorize` (login page), `POST /u/login` (its forms), `POST /oauth/token`,
-//!   `GET|POST /userinfo`, `GET /v2/logout`, `GET /oidc/logout`
+//! - `GET /authorize` (login page, or straight back while the browser's single sign-on session
+//!   lasts), `POST /u/login` (its forms), `POST /oauth/token`, `GET|POST /userinfo`,
+//!   `GET /v2/logout`, `GET /oidc/logout` (both end the single sign-on session)
 //! - `/api/v2/users`, `/api/v2/users/{id}`, `/api/v2/jobs/users-exports`, `/api/v2/jobs/{id}`
 //!   (bearer token from `client_credentials` with `audience={issuer}api/v2/`)
 //! - `GET /exports/{file}`: the signed, gzipped export file a completed job points to
@@ -26,7 +27,10 @@ use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
-    sync::{Arc, Mutex, PoisonError, RwLock},
+    sync::{
+        Arc, Mutex, PoisonError, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -46,6 +50,20 @@ pub use faults::{Faults, IdTokenFault};
 pub use users::{NewUser, StoreError, User, UserPatch, UserStore};
 
 use crate::config::{DEFAULT_ROLES_CLAIM, DEV_CLIENT_ID, DEV_CLIENT_SECRET};
+
+/// How the emulator spells its issuer identifier in discovery and in every token's `iss`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum IssuerIdentifier {
+    /// `http://HOST:PORT/`, with the trailing slash every Auth0 tenant's issuer has.
+    #[default]
+    Auth0,
+    /// `http://HOST:PORT`, as Google (`https://accounts.google.com`), Okta and Keycloak
+    /// (`.../realms/NAME`) spell theirs.
+    NoTrailingSlash,
+    /// Another URL altogether, as a provider behind a proxy that does not know its public
+    /// address announces (a misconfiguration the app must report, not paper over).
+    Claimed(String),
+}
 
 /// How to run an emulator.
 #[derive(Debug, Clone)]
@@ -68,6 +86,12 @@ pub struct EmulatorConfig {
     pub key_file: Option<PathBuf>,
     /// Namespaced ID-token claim carrying the user's roles.
     pub roles_claim: String,
+    /// The issuer identifier's spelling (Auth0's, with the trailing slash, by default).
+    pub issuer: IssuerIdentifier,
+    /// Audiences of the APIs registered in the tenant, besides the Management API: an
+    /// `/authorize` request for any other `audience` is refused with Auth0's
+    /// `access_denied` "Service not found".
+    pub apis: Vec<String>,
 }
 
 impl EmulatorConfig {
@@ -84,6 +108,8 @@ impl EmulatorConfig {
             rate_limit: None,
             key_file: None,
             roles_claim: DEFAULT_ROLES_CLAIM.to_owned(),
+            issuer: IssuerIdentifier::Auth0,
+            apis: Vec::new(),
         }
     }
 }
@@ -105,6 +131,10 @@ pub(crate) struct PendingLogin {
     pub scope: String,
     pub code_challenge: String,
     pub login_hint: Option<String>,
+    /// `screen_hint=signup`: the page offers to create an account.
+    pub signup: bool,
+    /// The Auth0 organization the sign-in is for (its ID token carries `org_id`/`org_name`).
+    pub organization: Option<String>,
     pub created: Instant,
 }
 
@@ -116,6 +146,16 @@ pub(crate) struct CodeGrant {
     pub code_challenge: String,
     pub nonce: Option<String>,
     pub scope: String,
+    pub user_id: String,
+    pub organization: Option<String>,
+    pub created: Instant,
+}
+
+/// A browser's single sign-on session at the tenant (Auth0's `auth0` cookie): while it lasts,
+/// `/authorize` sends the browser straight back with a code, without the login page.
+/// https://auth0.com/docs/manage-users/sessions/session-layers
+#[derive(Debug, Clone)]
+pub(crate) struct SsoSession {
     pub user_id: String,
     pub created: Instant,
 }
@@ -137,6 +177,7 @@ pub(crate) struct Grants {
     pub pending: HashMap<String, PendingLogin>,
     pub codes: HashMap<String, CodeGrant>,
     pub tokens: HashMap<String, AccessGrant>,
+    pub sso: HashMap<String, SsoSession>,
 }
 
 impl Grants {
@@ -152,19 +193,27 @@ impl Grants {
                 *expires > now
             }
         });
+        self.sso
+            .retain(|_, s| now.duration_since(s.created) < oidc::SSO_TTL);
     }
 }
 
 /// State every handler shares.
 pub(crate) struct Shared {
+    /// Where the emulator answers (`http://HOST:PORT/`): endpoints hang off this.
     pub issuer: Url,
+    /// The issuer identifier, spelled as configured: discovery's `issuer` and tokens' `iss`.
+    pub issuer_identifier: String,
     pub client: RwLock<Client>,
-    pub keys: keys::Keys,
+    pub keys: RwLock<keys::Keys>,
     pub users: UserStore,
     pub faults: Faults,
     pub grants: Mutex<Grants>,
     pub exports: exports::Exports,
     pub roles_claim: String,
+    pub apis: Vec<String>,
+    /// JWKS requests served (tests check that clients refetch keys sparingly).
+    pub jwks_requests: AtomicU64,
 }
 
 impl Shared {
@@ -172,9 +221,14 @@ impl Shared {
         self.client.read().unwrap_or_else(PoisonError::into_inner)
     }
 
+    pub fn keys(&self) -> std::sync::RwLockReadGuard<'_, keys::Keys> {
+        self.keys.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub fn grants(&self) -> std::sync::MutexGuard<'_, Grants> {
         let mut grants = self.grants.lock().unwrap_or_else(PoisonError::into_inner);
-        if grants.pending.len() + grants.codes.len() + grants.tokens.len() > 10_000 {
+        let held = grants.pending.len() + grants.codes.len() + grants.tokens.len();
+        if held + grants.sso.len() > 10_000 {
             grants.prune();
         }
         grants
@@ -248,21 +302,29 @@ impl Emulator {
         };
         let issuer = Url::parse(&format!("http://{host}:{port}/"))
             .context("building the emulator issuer URL")?;
+        let issuer_identifier = match config.issuer {
+            IssuerIdentifier::Auth0 => issuer.to_string(),
+            IssuerIdentifier::NoTrailingSlash => format!("http://{host}:{port}"),
+            IssuerIdentifier::Claimed(other) => other,
+        };
 
         let shared = Arc::new(Shared {
             issuer,
+            issuer_identifier,
             client: RwLock::new(Client {
                 id: config.client_id,
                 secret: config.client_secret,
                 callback_urls: config.callback_urls,
                 logout_urls: config.logout_urls,
             }),
-            keys,
+            keys: RwLock::new(keys),
             users,
             faults: Faults::new(config.rate_limit),
             grants: Mutex::new(Grants::default()),
             exports: exports::Exports::default(),
             roles_claim: config.roles_claim,
+            apis: config.apis,
+            jwks_requests: AtomicU64::new(0),
         });
 
         let (stop, mut stopped) = watch::channel(false);
@@ -283,9 +345,36 @@ impl Emulator {
         })
     }
 
-    /// The issuer, with Auth0's trailing slash: `http://127.0.0.1:PORT/`.
+    /// Where the emulator answers, as a URL with a trailing slash: `http://127.0.0.1:PORT/`
+    /// (the tenant URL the Management API hangs off).
     pub fn issuer(&self) -> Url {
         self.running.shared.issuer.clone()
+    }
+
+    /// The issuer identifier exactly as discovery and ID tokens spell it (see
+    /// [`IssuerIdentifier`]); `issuer()` as a string unless configured otherwise.
+    pub fn issuer_identifier(&self) -> String {
+        self.running.shared.issuer_identifier.clone()
+    }
+
+    /// Rotates the signing key as Auth0's "Rotate signing key" does: tokens are signed with a
+    /// new key (new `kid`) from now on; the previous key stays in the JWKS.
+    pub async fn rotate_signing_key(&self) -> anyhow::Result<()> {
+        let shared = self.running.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            shared
+                .keys
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .rotate()
+        })
+        .await
+        .context("rotating the emulator key")?
+    }
+
+    /// JWKS requests served so far.
+    pub fn jwks_requests(&self) -> u64 {
+        self.running.shared.jwks_requests.load(Ordering::Relaxed)
     }
 
     pub fn port(&self) -> u16 {

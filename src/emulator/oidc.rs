@@ -34,6 +34,11 @@ use super::{
 
 /// How long a login page stays usable.
 pub const LOGIN_TTL: Duration = Duration::from_secs(600);
+/// How long a single sign-on session lasts without use: Auth0's default inactivity timeout.
+/// https://auth0.com/docs/manage-users/sessions/configure-session-lifetime-settings
+pub const SSO_TTL: Duration = Duration::from_secs(3 * 24 * 3600);
+/// The single sign-on cookie, named as Auth0 names its session cookie.
+const SSO_COOKIE: &str = "auth0";
 /// Authorization codes expire quickly, as at Auth0.
 pub const CODE_TTL: Duration = Duration::from_secs(60);
 /// Auth0's default access-token lifetime (and the Management API token's).
@@ -51,7 +56,7 @@ const BODY_LIMIT: usize = 64 * 1024;
 pub async fn discovery(shared: Data<&Arc<Shared>>) -> Json<Value> {
     let issuer = shared.issuer.as_str();
     Json(json!({
-        "issuer": issuer,
+        "issuer": shared.issuer_identifier,
         "authorization_endpoint": format!("{issuer}authorize"),
         "token_endpoint": format!("{issuer}oauth/token"),
         "userinfo_endpoint": format!("{issuer}userinfo"),
@@ -75,7 +80,10 @@ pub async fn discovery(shared: Data<&Arc<Shared>>) -> Json<Value> {
 
 #[handler]
 pub async fn jwks(shared: Data<&Arc<Shared>>) -> Json<Value> {
-    Json(shared.keys.jwks())
+    shared
+        .jwks_requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Json(shared.keys().jwks())
 }
 
 fn error_page(status: StatusCode, title: &str, message: &str) -> Response {
@@ -212,11 +220,16 @@ pub async fn authorize(req: &Request, shared: Data<&Arc<Shared>>) -> Response {
             "code_challenge must be the base64url SHA-256 of the verifier (43 characters)",
         );
     }
-    // The emulator keeps no single-sign-on session, so a silent login can never succeed.
-    if param("prompt") == Some("none") {
-        return fail("login_required", "Login required");
+    // Auth0 refuses an audience no API in the tenant has, before any login page.
+    if let Some(audience) = param("audience")
+        && audience != shared.management_audience()
+        && !shared.apis.iter().any(|api| api == audience)
+    {
+        return fail("access_denied", &format!("Service not found: {audience}"));
     }
 
+    let prompts: Vec<&str> = param("prompt").unwrap_or_default().split(' ').collect();
+    let signup = param("screen_hint") == Some("signup");
     let pending = PendingLogin {
         redirect_uri: redirect_uri_raw,
         state: state.map(str::to_owned),
@@ -224,8 +237,20 @@ pub async fn authorize(req: &Request, shared: Data<&Arc<Shared>>) -> Response {
         scope: scope.to_owned(),
         code_challenge: code_challenge.to_owned(),
         login_hint: param("login_hint").map(str::to_owned),
+        signup,
+        organization: param("organization").map(str::to_owned),
         created: Instant::now(),
     };
+
+    // A live single sign-on session skips the login page unless the app asks for it.
+    let sso_user = sso_session(req, &shared).and_then(|(_, user_id)| shared.users.get(&user_id));
+    let wants_page = prompts.contains(&"login") || signup;
+    match sso_user {
+        Some(user) if !wants_page => return complete_login(&shared, &pending, user, None),
+        _ if prompts.contains(&"none") => return fail("login_required", "Login required"),
+        _ => {}
+    }
+
     let request_id = random_token(18);
     let email = pending.login_hint.clone().unwrap_or_default();
     shared.grants().pending.insert(request_id.clone(), pending);
@@ -238,8 +263,114 @@ pub async fn authorize(req: &Request, shared: Data<&Arc<Shared>>) -> Response {
             email: &email,
             name: "",
             error: None,
+            signup,
         }),
     )
+}
+
+fn invalid_redirect_uri() -> Response {
+    error_page(
+        StatusCode::BAD_REQUEST,
+        "Invalid redirect_uri",
+        "The redirect_uri is not a URL.",
+    )
+}
+
+/// The browser's single sign-on session: its cookie value and user, while it lasts.
+fn sso_session(req: &Request, shared: &Shared) -> Option<(String, String)> {
+    let value = crate::auth::cookies::read(req, SSO_COOKIE)?;
+    let session = shared.grants().sso.get(&value).cloned()?;
+    (session.created.elapsed() < SSO_TTL).then_some((value, session.user_id))
+}
+
+fn sso_cookie(value: &str, max_age: Duration) -> String {
+    format!(
+        "{SSO_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}",
+        max_age.as_secs()
+    )
+}
+
+/// Ends the browser's single sign-on session (both logout endpoints do).
+fn end_sso(req: &Request, shared: &Shared, mut response: Response) -> Response {
+    if let Some((value, _)) = sso_session(req, shared) {
+        shared.grants().sso.remove(&value);
+    }
+    if let Ok(cookie) = header::HeaderValue::from_str(&sso_cookie("", Duration::ZERO)) {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+/// After the person is known (login page or single sign-on): the post-login checks, then a
+/// code back to the application. `new_sso` starts a single sign-on session for this browser.
+fn complete_login(
+    shared: &Shared,
+    pending: &PendingLogin,
+    user: User,
+    new_sso: Option<&str>,
+) -> Response {
+    let Ok(redirect_uri) = Url::parse(&pending.redirect_uri) else {
+        return invalid_redirect_uri();
+    };
+    let state = pending.state.as_deref();
+    // Auth0 answers a blocked user with `unauthorized`, not `access_denied`.
+    // https://auth0.com/docs/manage-users/user-accounts/block-and-unblock-users
+    if user.blocked {
+        return redirect_error(&redirect_uri, "unauthorized", "user is blocked", state);
+    }
+    if let Some(reason) = shared.faults.login_denial() {
+        return redirect_error(&redirect_uri, "access_denied", &reason, state);
+    }
+    let Some(user) = shared.users.record_login(&user.user_id) else {
+        return redirect_error(
+            &redirect_uri,
+            "access_denied",
+            "The user no longer exists.",
+            state,
+        );
+    };
+
+    let code = random_token(24);
+    let client_id = shared.client().id.clone();
+    let mut grants = shared.grants();
+    grants.codes.insert(
+        code.clone(),
+        CodeGrant {
+            client_id,
+            redirect_uri: pending.redirect_uri.clone(),
+            code_challenge: pending.code_challenge.clone(),
+            nonce: pending.nonce.clone(),
+            scope: pending.scope.clone(),
+            user_id: user.user_id.clone(),
+            organization: pending.organization.clone(),
+            created: Instant::now(),
+        },
+    );
+    if let Some(value) = new_sso {
+        grants.sso.insert(
+            value.to_owned(),
+            super::SsoSession {
+                user_id: user.user_id,
+                created: Instant::now(),
+            },
+        );
+    }
+    drop(grants);
+    let mut to = redirect_uri;
+    {
+        let mut query = to.query_pairs_mut();
+        query.append_pair("code", &code);
+        if let Some(state) = state {
+            query.append_pair("state", state);
+        }
+    }
+    let mut response = redirect(&to);
+    if let Some(value) = new_sso
+        && let Ok(cookie) = header::HeaderValue::from_str(&sso_cookie(value, SSO_TTL))
+    {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    response
 }
 
 /// `POST /u/login`: the person picked a user (or typed an email, or denied).
@@ -265,11 +396,7 @@ pub async fn login(shared: Data<&Arc<Shared>>, body: Body) -> Response {
         );
     };
     let Ok(redirect_uri) = Url::parse(&pending.redirect_uri) else {
-        return error_page(
-            StatusCode::BAD_REQUEST,
-            "Invalid redirect_uri",
-            "The redirect_uri is not a URL.",
-        );
+        return invalid_redirect_uri();
     };
     let state = pending.state.as_deref();
 
@@ -293,6 +420,7 @@ pub async fn login(shared: Data<&Arc<Shared>>, body: Body) -> Response {
                 email: field("email").unwrap_or_default(),
                 name: field("name").unwrap_or_default(),
                 error: Some(message),
+                signup: pending.signup,
             }),
         )
     };
@@ -334,44 +462,8 @@ pub async fn login(shared: Data<&Arc<Shared>>, body: Body) -> Response {
             );
         }
     };
-    if user.blocked {
-        shared.grants().pending.remove(request_id);
-        return redirect_error(&redirect_uri, "unauthorized", "user is blocked", state);
-    }
-    let Some(user) = shared.users.record_login(&user.user_id) else {
-        return again(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "That user no longer exists. Pick another.",
-        );
-    };
-
-    let code = random_token(24);
-    let client_id = shared.client().id.clone();
-    {
-        let mut grants = shared.grants();
-        grants.pending.remove(request_id);
-        grants.codes.insert(
-            code.clone(),
-            CodeGrant {
-                client_id,
-                redirect_uri: pending.redirect_uri.clone(),
-                code_challenge: pending.code_challenge.clone(),
-                nonce: pending.nonce.clone(),
-                scope: pending.scope.clone(),
-                user_id: user.user_id,
-                created: Instant::now(),
-            },
-        );
-    }
-    let mut to = redirect_uri;
-    {
-        let mut query = to.query_pairs_mut();
-        query.append_pair("code", &code);
-        if let Some(state) = state {
-            query.append_pair("state", state);
-        }
-    }
-    redirect(&to)
+    shared.grants().pending.remove(request_id);
+    complete_login(&shared, &pending, user, Some(&random_token(24)))
 }
 
 /// Reads a token request body: form (the standard) or JSON (Auth0 accepts both).
@@ -559,6 +651,17 @@ fn authorization_code<'a>(
     let Some(user) = shared.users.get(&grant.user_id) else {
         return invalid_grant("The user no longer exists");
     };
+    if let Some(body) = shared.faults.token_response() {
+        let content_type = if body.starts_with('{') {
+            "application/json"
+        } else {
+            "text/html; charset=utf-8"
+        };
+        return Response::builder()
+            .content_type(content_type)
+            .header(header::CACHE_CONTROL, "no-store")
+            .body(body);
+    }
 
     let access_token = random_token(32);
     shared.grants().tokens.insert(
@@ -568,13 +671,7 @@ fn authorization_code<'a>(
             expires: Instant::now() + Duration::from_secs(ACCESS_TOKEN_SECS),
         },
     );
-    let id_token = id_token(
-        shared,
-        client_id,
-        &user,
-        grant.nonce.as_deref(),
-        &grant.scope,
-    );
+    let id_token = id_token(shared, client_id, &user, &grant);
     super::json_response(
         StatusCode::OK,
         &json!({
@@ -660,23 +757,17 @@ fn profile_claims(shared: &Shared, user: &User, scope: &str) -> Map<String, Valu
     claims
 }
 
-fn id_token(
-    shared: &Shared,
-    client_id: &str,
-    user: &User,
-    nonce: Option<&str>,
-    scope: &str,
-) -> String {
+fn id_token(shared: &Shared, client_id: &str, user: &User, grant: &CodeGrant) -> String {
     let fault = shared.faults.id_token_fault();
     let now = Utc::now().timestamp();
-    let mut claims = profile_claims(shared, user, scope);
+    let mut claims = profile_claims(shared, user, &grant.scope);
     let (iat, exp) = match fault {
         Some(IdTokenFault::Expired) => (now - 2 * ID_TOKEN_SECS, now - ID_TOKEN_SECS),
         _ => (now, now + ID_TOKEN_SECS),
     };
     let iss = match fault {
         Some(IdTokenFault::WrongIssuer) => "https://wrong-issuer.example/".to_owned(),
-        _ => shared.issuer.to_string(),
+        _ => shared.issuer_identifier.clone(),
     };
     let aud = match fault {
         Some(IdTokenFault::WrongAudience) => "some-other-client".to_owned(),
@@ -687,7 +778,18 @@ fn id_token(
     claims.insert("iat".into(), json!(iat));
     claims.insert("exp".into(), json!(exp));
     claims.insert("sid".into(), json!(random_token(16)));
-    match (fault, nonce) {
+    // https://auth0.com/docs/manage-users/organizations/using-tokens
+    if let Some(organization) = &grant.organization {
+        if organization.starts_with("org_") {
+            claims.insert("org_id".into(), json!(organization));
+        } else {
+            let digest = Sha256::digest(organization.to_lowercase().as_bytes());
+            let id: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+            claims.insert("org_id".into(), json!(format!("org_{id}")));
+            claims.insert("org_name".into(), json!(organization.to_lowercase()));
+        }
+    }
+    match (fault, grant.nonce.as_deref()) {
         (Some(IdTokenFault::WrongNonce), _) => {
             claims.insert("nonce".into(), json!(format!("not-{}", random_token(12))));
         }
@@ -696,7 +798,14 @@ fn id_token(
         }
         (_, None) => {}
     }
-    shared.keys.sign(
+    for (name, value) in shared.faults.id_token_claims() {
+        if value.is_null() {
+            claims.remove(&name);
+        } else {
+            claims.insert(name, value);
+        }
+    }
+    shared.keys().sign(
         &Value::Object(claims),
         fault == Some(IdTokenFault::BadSignature),
     )
@@ -776,10 +885,11 @@ pub async fn logout_v2(req: &Request, shared: Data<&Arc<Shared>>) -> Response {
         None if param("client_id").is_some() => shared.client().logout_urls.first().cloned(),
         None => None,
     };
-    match return_to.and_then(|url| Url::parse(&url).ok()) {
+    let response = match return_to.and_then(|url| Url::parse(&url).ok()) {
         Some(url) => redirect(&url),
         None => login_page::respond(StatusCode::OK, login_page::signed_out()),
-    }
+    };
+    end_sso(req, &shared, response)
 }
 
 /// `GET /oidc/logout`: OpenID Connect RP-initiated logout.
@@ -791,9 +901,9 @@ pub async fn logout_oidc(req: &Request, shared: Data<&Arc<Shared>>) -> Response 
     let client_id = shared.client().id.clone();
     if let Some(hint) = param("id_token_hint") {
         // An expired hint is fine (the session may be old); a forged or foreign one is not.
-        let claims = shared.keys.verify(hint);
+        let claims = shared.keys().verify(hint);
         let ours = claims.as_ref().is_some_and(|c| {
-            c["iss"] == json!(shared.issuer.as_str()) && c["aud"] == json!(client_id)
+            c["iss"] == json!(shared.issuer_identifier) && c["aud"] == json!(client_id)
         });
         if !ours {
             return error_page(
@@ -811,7 +921,8 @@ pub async fn logout_oidc(req: &Request, shared: Data<&Arc<Shared>>) -> Response 
         );
     }
     let Some(target) = param("post_logout_redirect_uri") else {
-        return login_page::respond(StatusCode::OK, login_page::signed_out());
+        let page = login_page::respond(StatusCode::OK, login_page::signed_out());
+        return end_sso(req, &shared, page);
     };
     if param("id_token_hint").is_none() && param("client_id").is_none() {
         return error_page(
@@ -836,5 +947,5 @@ pub async fn logout_oidc(req: &Request, shared: Data<&Arc<Shared>>) -> Response 
     if let Some(state) = param("state") {
         to.query_pairs_mut().append_pair("state", state);
     }
-    redirect(&to)
+    end_sso(req, &shared, redirect(&to))
 }

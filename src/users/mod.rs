@@ -27,7 +27,7 @@ pub fn management_issuer(
     settings: &crate::config::Settings,
 ) -> Result<url::Url, auth0_api::ApiError> {
     match &settings.auth.provider {
-        crate::config::IdentityProvider::External { issuer } => Ok(issuer.clone()),
+        crate::config::IdentityProvider::External { issuer } => Ok(issuer.url().clone()),
         crate::config::IdentityProvider::Emulator { bind } => {
             let raw = format!("http://{bind}/");
             url::Url::parse(&raw).map_err(|_| auth0_api::ApiError::BadIssuer(raw))

@@ -1,5 +1,5 @@
 //! Liveness (`/healthz`: the process answers) and readiness (`/readyz`: the database answers
-//! within a second), for Fly's checks and load balancers.
+//! within a second and sign-in is configured right), for Fly's checks and load balancers.
 
 use std::time::Duration;
 
@@ -10,22 +10,46 @@ use poem::{
 };
 use serde_json::json;
 
-use crate::startup::AppState;
+use crate::{auth::oidc::SignInStatus, startup::AppState};
 
 #[handler]
 pub fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// `/readyz`: the database answers within a second, and sign-in is configured right.
+///
+/// Shape: `{"status": "ready" | "unavailable", "reason"?: string, "sign_in": string}`. A
+/// database that does not answer, or an issuer that does not match the provider's (a
+/// configuration error, with both values), makes it 503. A provider that is merely unreachable
+/// does not: it is reported in `sign_in`, because taking instances out of rotation would not
+/// bring it back.
 #[handler]
 pub async fn readyz(Data(state): Data<&AppState>) -> Response {
     let check = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.db);
-    let reason = match tokio::time::timeout(Duration::from_secs(1), check).await {
-        Ok(Ok(_)) => return Json(json!({ "status": "ready" })).into_response(),
-        Ok(Err(err)) => format!("database error: {}", describe(&err)),
-        Err(_) => "database did not answer within 1 s".to_owned(),
+    let (database, sign_in) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(1), check),
+        state.oidc.status(Duration::from_secs(1)),
+    );
+    let database = match database {
+        Ok(Ok(_)) => None,
+        Ok(Err(err)) => Some(format!("database error: {}", describe(&err))),
+        Err(_) => Some("database did not answer within 1 s".to_owned()),
     };
-    let mut response = Json(json!({ "status": "unavailable", "reason": reason })).into_response();
+    let (sign_in_text, misconfigured) = match sign_in {
+        SignInStatus::Ready => ("ok".to_owned(), None),
+        SignInStatus::Unavailable(why) => (why, None),
+        SignInStatus::Misconfigured(why) => (why.clone(), Some(why)),
+    };
+    let Some(reason) = database.or(misconfigured) else {
+        return Json(json!({ "status": "ready", "sign_in": sign_in_text })).into_response();
+    };
+    let mut response = Json(json!({
+        "status": "unavailable",
+        "reason": reason,
+        "sign_in": sign_in_text,
+    }))
+    .into_response();
     response.set_status(StatusCode::SERVICE_UNAVAILABLE);
     response
 }

@@ -61,6 +61,7 @@ pub fn page(title: &str, shell: &Shell, body: Markup) -> Markup {
                                 button.button.secondary type="submit" { "Log out" }
                             }
                         } @else {
+                            a.button.secondary href="/auth/login?screen_hint=signup" { "Sign up" }
                             a.button href="/auth/login" { "Log in" }
                         }
                     }

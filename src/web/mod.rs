@@ -2,6 +2,7 @@
 
 pub mod assets;
 pub mod body_limit;
+pub mod canonical_origin;
 pub mod form;
 pub mod health;
 pub mod htmx;

@@ -46,6 +46,17 @@ async fn full_login_signs_the_person_in() {
     assert!(home.contains("Welcome, "), "{home}");
     assert!(home.contains("Log out"));
 
+    // The provider's session id stays with the session (back-channel logout names it).
+    let stored: String = sqlx::query_scalar("SELECT data->'data'->>'user' FROM sessions")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    let stored: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    assert!(
+        stored["sid"].as_str().is_some_and(|sid| !sid.is_empty()),
+        "{stored}"
+    );
+
     // The users row was created from the claims.
     let email: String = sqlx::query_scalar("SELECT email FROM users WHERE user_id = $1")
         .bind(me["sub"].as_str().unwrap())
@@ -56,36 +67,33 @@ async fn full_login_signs_the_person_in() {
 }
 
 #[tokio::test]
-async fn the_session_id_changes_at_login() {
+async fn the_session_id_changes_at_every_login() {
     let app = spawn_app().await;
-    let start = app.client.get(app.url("/auth/login")).send().await.unwrap();
-    let before = session_cookie(&start).expect("login starts a session");
-    let authorize = url::Url::parse(&location(&start)).unwrap();
-    // Finish the login in the same client.
-    let page = app
-        .client
-        .get(authorize.clone())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
+    // A cookie planted before the login (session fixation) is never adopted.
+    let planted = "quotebook_session=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+    jar.add_cookie_str(planted, &app.address.parse().unwrap());
+    let browser = reqwest::Client::builder()
+        .cookie_provider(jar)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
         .unwrap();
-    let form = helpers::find_form(&page, "email").unwrap();
-    let mut fields = form.hidden.clone();
-    fields.push(("email".into(), "rotate@example.com".into()));
-    let back = app
-        .client
-        .post(authorize.join(&form.action).unwrap())
-        .form(&fields)
-        .send()
-        .await
-        .unwrap();
-    let callback = app.client.get(location(&back)).send().await.unwrap();
-    let after = session_cookie(&callback).expect("callback sets a new cookie");
+    let first = app.login_with(&browser, "rotate@example.com").await;
+    let before = session_cookie(&first).expect("the callback sets the session cookie");
+    assert_ne!(before, planted);
+
+    // Signing in again (asked for explicitly while signed in) gives a new id too.
+    let steps = helpers::start_login_from(
+        &browser,
+        &app.url("/auth/login?prompt=login"),
+        "rotate@example.com",
+    )
+    .await;
+    let second = browser.get(&steps.callback_url).send().await.unwrap();
+    let after = session_cookie(&second).expect("a new cookie");
     assert_ne!(before, after, "no session fixation");
 
-    // The pre-login cookie is dead.
+    // The earlier cookie is dead.
     let old = client()
         .get(app.url("/auth/me"))
         .header("cookie", &before)
@@ -148,10 +156,7 @@ async fn idle_and_absolute_expiry_sign_people_out() {
         .unwrap();
     // Changed behind the app's back (as another instance would): visible once the one-second
     // memory of recent sessions has lapsed.
-    tokio::time::sleep(
-        quotebook::auth::session_store::CACHE_TTL + std::time::Duration::from_millis(100),
-    )
-    .await;
+    helpers::wait_out_the_session_memory().await;
     assert_eq!(
         idle.get(app.url("/auth/me")).send().await.unwrap().status(),
         StatusCode::UNAUTHORIZED
@@ -167,10 +172,7 @@ async fn idle_and_absolute_expiry_sign_people_out() {
     .unwrap();
     // Changed behind the app's back (as another instance would): visible once the one-second
     // memory of recent sessions has lapsed.
-    tokio::time::sleep(
-        quotebook::auth::session_store::CACHE_TTL + std::time::Duration::from_millis(100),
-    )
-    .await;
+    helpers::wait_out_the_session_memory().await;
     assert_eq!(
         absolute
             .get(app.url("/auth/me"))
@@ -437,14 +439,390 @@ async fn any_instance_serves_a_session_and_a_logout_reaches_the_others_within_a_
         StatusCode::UNAUTHORIZED,
         "dead at once where it ended"
     );
-    tokio::time::sleep(
-        quotebook::auth::session_store::CACHE_TTL + std::time::Duration::from_millis(100),
-    )
-    .await;
+    helpers::wait_out_the_session_memory().await;
     let here = browser.get(app.url("/auth/me")).send().await.unwrap();
     assert_eq!(
         here.status(),
         StatusCode::UNAUTHORIZED,
         "and everywhere within a second"
     );
+}
+
+/// The `state` of the sign-in `client` just started (from the provider URL it was sent to).
+async fn started_state(app: &helpers::TestApp, client: &reqwest::Client, query: &str) -> String {
+    let start = client
+        .get(app.url(&format!("/auth/login{query}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), StatusCode::SEE_OTHER);
+    url::Url::parse(&location(&start))
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned()
+}
+
+#[tokio::test]
+async fn the_providers_reason_reaches_the_person() {
+    let app = spawn_app().await;
+    let emulator = app.emulator.clone().unwrap();
+
+    // A post-login Action that refuses unverified addresses.
+    emulator
+        .faults()
+        .deny_logins(Some("Please verify your email before logging in."));
+    let refused = app.login_with(&client(), "unverified@example.com").await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let body = refused.text().await.unwrap();
+    assert!(
+        body.contains("Please verify your email before logging in."),
+        "{body}"
+    );
+    assert!(
+        body.contains("Try again"),
+        "verifying and retrying can work"
+    );
+    emulator.faults().deny_logins(None);
+
+    // The issue's own request: a description on the callback of a pending sign-in.
+    let browser = client();
+    let state = started_state(&app, &browser, "").await;
+    let page = browser
+        .get(app.url(&format!(
+            "/auth/callback?error=access_denied&error_description=Please%20verify%20your%20email&state={state}"
+        )))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Please verify your email"), "{page}");
+
+    // Escaped and trimmed.
+    let state = started_state(&app, &browser, "").await;
+    let long = format!("<script>alert(1)</script>{}", "x".repeat(2000));
+    let page = browser
+        .get(app.url("/auth/callback"))
+        .query(&[
+            ("error", "access_denied"),
+            ("error_description", long.as_str()),
+            ("state", state.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!page.contains("<script>alert(1)"), "{page}");
+    assert!(page.contains("&lt;script&gt;alert(1)"), "{page}");
+    assert!(!page.contains(&"x".repeat(400)), "trimmed to a sane length");
+
+    // A description on a callback this browser never started is not shown (it could be anyone's).
+    let page = client()
+        .get(app.url(
+            "/auth/callback?error=access_denied&error_description=Call%20555-0100%20now&state=forged",
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!page.contains("555-0100"), "{page}");
+}
+
+#[tokio::test]
+async fn a_blocked_user_is_told_so_without_a_pointless_try_again() {
+    let app = spawn_app().await;
+    let emulator = app.emulator.clone().unwrap();
+    let first = app.login_with(&client(), "blocked@example.com").await;
+    assert_eq!(first.status(), StatusCode::SEE_OTHER);
+    helpers::block_user(&emulator, "blocked@example.com");
+    let refused = app.login_with(&client(), "blocked@example.com").await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let body = refused.text().await.unwrap();
+    assert!(body.contains("blocked"), "{body}");
+    assert!(!body.contains("Try again"), "{body}");
+}
+
+/// Signs in, then ends the local session behind the app's back (expiry, or a logout elsewhere):
+/// the browser and the CSRF token of its last page.
+async fn signed_in_with_an_expired_session(
+    app: &helpers::TestApp,
+    email: &str,
+) -> (reqwest::Client, String) {
+    let browser = app.signed_in_client(email).await;
+    let token = app.csrf_for(&browser).await;
+    app.end_all_sessions().await;
+    (browser, token)
+}
+
+fn assert_provider_logout(app: &helpers::TestApp, response: &reqwest::Response) -> url::Url {
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let to = url::Url::parse(&location(response)).expect("an absolute provider URL");
+    assert_eq!(to.path(), "/oidc/logout", "the end_session_endpoint");
+    let params: std::collections::HashMap<_, _> = to.query_pairs().into_owned().collect();
+    assert_eq!(params["client_id"], quotebook::config::DEV_CLIENT_ID);
+    assert_eq!(
+        params["post_logout_redirect_uri"],
+        format!("{}/", app.address)
+    );
+    to
+}
+
+#[tokio::test]
+async fn log_out_after_the_local_session_expired_still_signs_out_at_the_provider() {
+    let app = spawn_app().await;
+    let (browser, stale_token) =
+        signed_in_with_an_expired_session(&app, "shared-pc@example.com").await;
+    let logout = browser
+        .post(app.url("/auth/logout"))
+        .form(&[("csrf_token", stale_token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    let to = assert_provider_logout(&app, &logout);
+    assert!(
+        !to.query_pairs().any(|(k, _)| k == "id_token_hint"),
+        "no hint when there is no ID token"
+    );
+    let back = browser.get(to).send().await.unwrap();
+    assert!(back.status().is_redirection());
+    assert!(location(&back).starts_with(&app.address));
+
+    // The next Log in asks for the person again instead of going straight back in.
+    let start = browser.get(app.url("/auth/login")).send().await.unwrap();
+    let provider = browser.get(location(&start)).send().await.unwrap();
+    assert_eq!(
+        provider.status(),
+        StatusCode::OK,
+        "the provider's login page, not a silent sign-in"
+    );
+}
+
+#[tokio::test]
+async fn a_second_log_out_from_another_tab_reaches_the_provider_too() {
+    let app = spawn_app().await;
+    let browser = app.signed_in_client("two-tabs@example.com").await;
+    let token = app.csrf_for(&browser).await;
+    for attempt in ["first tab", "second tab"] {
+        let logout = browser
+            .post(app.url("/auth/logout"))
+            .form(&[("csrf_token", token.as_str())])
+            .send()
+            .await
+            .unwrap();
+        let to = assert_provider_logout(&app, &logout);
+        let hint = to.query_pairs().any(|(k, _)| k == "id_token_hint");
+        assert_eq!(hint, attempt == "first tab", "{attempt}");
+    }
+}
+
+#[tokio::test]
+async fn login_passes_only_the_allowlisted_parameters_to_the_provider() {
+    let app = spawn_app().await;
+    let browser = client();
+    let start = browser
+        .get(app.url("/auth/login"))
+        .query(&[
+            ("returnTo", "/quote/edit"),
+            ("screen_hint", "signup"),
+            ("prompt", "login"),
+            ("login_hint", "new@example.com"),
+            ("connection", "Username-Password-Authentication"),
+            ("organization", "org_abc123"),
+            ("invitation", "inv_xyz"),
+            // Never from the request:
+            ("redirect_uri", "https://evil.example/cb"),
+            ("client_id", "someone-else"),
+            ("response_type", "token"),
+            ("scope", "openid admin"),
+            ("audience", "https://evil.example/api"),
+            ("nonce", "chosen"),
+            ("state", "chosen"),
+            ("code_challenge", "chosen"),
+            ("foo", "bar"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), StatusCode::SEE_OTHER);
+    let to = url::Url::parse(&location(&start)).unwrap();
+    let params: std::collections::HashMap<_, _> = to.query_pairs().into_owned().collect();
+    for (name, value) in [
+        ("screen_hint", "signup"),
+        ("prompt", "login"),
+        ("login_hint", "new@example.com"),
+        ("connection", "Username-Password-Authentication"),
+        ("organization", "org_abc123"),
+        ("invitation", "inv_xyz"),
+        ("client_id", quotebook::config::DEV_CLIENT_ID),
+        ("response_type", "code"),
+        ("redirect_uri", &format!("{}/auth/callback", app.address)),
+    ] {
+        assert_eq!(params.get(name).map(String::as_str), Some(value), "{name}");
+    }
+    let scopes: Vec<&str> = params["scope"].split(' ').collect();
+    assert!(!scopes.contains(&"admin"), "{scopes:?}");
+    assert!(scopes.contains(&"openid"));
+    for (name, sent) in [
+        ("nonce", "chosen"),
+        ("state", "chosen"),
+        ("code_challenge", "chosen"),
+    ] {
+        assert_ne!(params[name], sent, "{name} is ours");
+    }
+    assert!(!params.contains_key("audience") && !params.contains_key("foo"));
+
+    // The provider opens its sign-up screen, and the sign-up lands on returnTo.
+    let html = browser.get(to).send().await.unwrap().text().await.unwrap();
+    assert!(html.contains("Create your account"), "{html}");
+    let steps = helpers::start_login_from(
+        &browser,
+        &app.url("/auth/login?returnTo=%2Fquote%2Fedit&screen_hint=signup&organization=org_abc123"),
+        "new@example.com",
+    )
+    .await;
+    let done = browser.get(&steps.callback_url).send().await.unwrap();
+    assert_eq!(done.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&done), "/quote/edit");
+}
+
+#[tokio::test]
+async fn a_configured_audience_and_extra_scopes_are_requested() {
+    let app = helpers::spawn_app_against(
+        quotebook::emulator::EmulatorConfig {
+            apis: vec!["https://api.quotebook.example".into()],
+            ..quotebook::emulator::EmulatorConfig::for_tests()
+        },
+        &[
+            ("AUTH0_AUDIENCE", "https://api.quotebook.example"),
+            ("AUTH0_SCOPE", "openid offline_access read:quotes"),
+        ],
+    )
+    .await;
+    let browser = client();
+    let start = browser.get(app.url("/auth/login")).send().await.unwrap();
+    let to = url::Url::parse(&location(&start)).unwrap();
+    let params: std::collections::HashMap<_, _> = to.query_pairs().into_owned().collect();
+    assert_eq!(params["audience"], "https://api.quotebook.example");
+    let mut scopes: Vec<&str> = params["scope"].split(' ').collect();
+    scopes.sort_unstable();
+    assert_eq!(
+        scopes,
+        [
+            "email",
+            "offline_access",
+            "openid",
+            "profile",
+            "read:quotes"
+        ]
+    );
+    let callback = app.login_with(&browser, "api@example.com").await;
+    assert_eq!(callback.status(), StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn bad_login_parameters_get_a_clear_400() {
+    let app = spawn_app().await;
+    let long_hint = "a".repeat(600);
+    for (name, value, says) in [
+        ("prompt", "bogus", "prompt"),
+        ("screen_hint", "nope", "screen_hint"),
+        ("login_hint", long_hint.as_str(), "login_hint"),
+        ("connection", "bad\u{7}name", "connection"),
+    ] {
+        let response = client()
+            .get(app.url("/auth/login"))
+            .query(&[(name, value)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{name}");
+        let body = response.text().await.unwrap();
+        assert!(body.contains(says), "{name}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn the_signed_out_page_offers_sign_up() {
+    let app = spawn_app().await;
+    let home = app.get("/").await.text().await.unwrap();
+    assert!(
+        home.contains("href=\"/auth/login?screen_hint=signup\""),
+        "{home}"
+    );
+    let start = app.get("/auth/login?screen_hint=signup").await;
+    let page = client()
+        .get(location(&start))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Create your account"));
+}
+
+#[tokio::test]
+async fn an_id_token_for_another_organization_is_refused() {
+    let app = spawn_app().await;
+    let emulator = app.emulator.clone().unwrap();
+    let mut claims = serde_json::Map::new();
+    claims.insert("org_id".into(), serde_json::json!("org_someone_else"));
+    emulator.faults().set_id_token_claims(claims);
+    let browser = client();
+    let steps = helpers::start_login_from(
+        &browser,
+        &app.url("/auth/login?organization=org_abc123"),
+        "member@example.com",
+    )
+    .await;
+    let refused = browser.get(&steps.callback_url).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    let me = browser.get(app.url("/auth/me")).send().await.unwrap();
+    assert_eq!(me.status(), StatusCode::UNAUTHORIZED);
+
+    // The organization's own token signs in.
+    emulator
+        .faults()
+        .set_id_token_claims(serde_json::Map::new());
+    let steps = helpers::start_login_from(
+        &browser,
+        &app.url("/auth/login?organization=org_abc123"),
+        "member@example.com",
+    )
+    .await;
+    let done = browser.get(&steps.callback_url).send().await.unwrap();
+    assert_eq!(done.status(), StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn a_callback_naming_another_issuer_is_refused_before_the_code_is_used() {
+    // RFC 9207: a provider may name itself in the authorization response (`iss`); a response
+    // that names another one is a mix-up and its code must not be sent anywhere.
+    let app = spawn_app().await;
+    let browser = client();
+    let steps = app.start_login(&browser, "mixup@example.com", "/").await;
+    let mut forged = url::Url::parse(&steps.callback_url).unwrap();
+    forged
+        .query_pairs_mut()
+        .append_pair("iss", "https://attacker.example/");
+    let refused = browser.get(forged).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    let me = browser.get(app.url("/auth/me")).send().await.unwrap();
+    assert_eq!(me.status(), StatusCode::UNAUTHORIZED);
+
+    // The provider's own name is fine.
+    let steps = app.start_login(&browser, "mixup@example.com", "/").await;
+    let mut named = url::Url::parse(&steps.callback_url).unwrap();
+    let issuer = app.emulator.as_ref().unwrap().issuer_identifier();
+    named.query_pairs_mut().append_pair("iss", &issuer);
+    let done = browser.get(named).send().await.unwrap();
+    assert_eq!(done.status(), StatusCode::SEE_OTHER);
 }

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use crate::{
-    helpers::{TestApp, spawn_app, spawn_app_with_worker},
+    helpers::{TestApp, spawn_app, spawn_app_with, spawn_app_with_worker},
     webdriver::{Browser, Result, find_browser},
 };
 
@@ -264,6 +264,167 @@ async fn an_admin_syncs_now_and_watches_the_progress_bar_finish() {
     let app = spawn_app_with_worker(&[("AUTH0_EMULATOR_USERS", "40")]).await;
     if let Err(err) = admin_sync_scenario(&browser, &app).await {
         fail_with_screenshot(&browser, "admin-sync", err).await;
+    }
+}
+
+async fn back_button_scenario(browser: &Browser, app: &TestApp) -> Result<()> {
+    const SECRET: &str = "Nobody else may read this.";
+    log_in(browser, app, "back-button@example.com").await?;
+    let textarea = browser.wait_for("textarea#message").await?;
+    browser.type_text(&textarea, SECRET).await?;
+    browser
+        .click(&browser.find("#quote button[type='submit']").await?)
+        .await?;
+    browser.wait_for("#quote blockquote.quote").await?;
+    // A full page that shows the quote (the edit page, as without JavaScript): the history
+    // entry Back will return to. (Log out returns to `/`, which the browser fetches anew.)
+    browser.goto(&app.url("/quote/edit")).await?;
+    browser
+        .wait_until(
+            "the edit page with the quote",
+            &format!(
+                "const t = document.querySelector('textarea#message'); return !!t && t.value === {SECRET:?};"
+            ),
+        )
+        .await?;
+
+    browser
+        .click(
+            &browser
+                .find("header form[action='/auth/logout'] button")
+                .await?,
+        )
+        .await?;
+    browser
+        .wait_for("header a.button[href='/auth/login']")
+        .await?;
+    browser
+        .execute("window.__quotebookLeft = true; return true;")
+        .await?;
+
+    // On a shared computer, the next person presses Back.
+    browser.back().await?;
+    browser
+        .wait_until(
+            "the previous page to load",
+            "return !window.__quotebookLeft && document.readyState === 'complete';",
+        )
+        .await?;
+    let shown = browser
+        .execute(&format!(
+            "const t = document.querySelector('textarea#message'); \
+             return {{ field: !!t && t.value.includes({SECRET:?}), \
+                      text: document.body.innerText.includes({SECRET:?}), url: location.href }};"
+        ))
+        .await?;
+    if shown["field"] != false || shown["text"] != false {
+        return Err(format!(
+            "Back after logout showed the private page: {shown}"
+        ));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_logout_the_back_button_shows_no_quote() {
+    let Some(browser) = browser().await else {
+        return;
+    };
+    let app = spawn_app().await;
+    if let Err(err) = back_button_scenario(&browser, &app).await {
+        fail_with_screenshot(&browser, "back-button", err).await;
+    }
+}
+
+async fn other_host_scenario(browser: &Browser, app: &TestApp, canonical: &str) -> Result<()> {
+    // The person types 127.0.0.1 while the app lives at localhost.
+    browser.goto(&app.url("/")).await?;
+    let login = browser
+        .wait_for("header a.button[href='/auth/login']")
+        .await?;
+    browser.click(&login).await?;
+    let email_box = browser.wait_for("input[name='email']").await?;
+    browser
+        .type_text(&email_box, "other-host@example.com")
+        .await?;
+    browser
+        .click(&browser.find("button.primary").await?)
+        .await?;
+    browser
+        .wait_for(".welcome")
+        .await
+        .map_err(|err| format!("not signed in after the provider sent the browser back: {err}"))?;
+    let url = browser.current_url().await?;
+    if !url.starts_with(canonical) {
+        return Err(format!(
+            "expected the canonical origin {canonical}, at {url}"
+        ));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_started_on_another_host_finishes_on_the_canonical_one() {
+    let Some(browser) = browser().await else {
+        return;
+    };
+    let app = spawn_app_with(&[("APP_BASE_URL", "http://localhost:0")]).await;
+    let port = app
+        .address
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let canonical = format!("http://localhost:{port}");
+    if let Err(err) = other_host_scenario(&browser, &app, &canonical).await {
+        fail_with_screenshot(&browser, "other-host", err).await;
+    }
+}
+
+/// Submits the emulator's login form open in the current tab as `email`.
+async fn continue_as(browser: &Browser, email: &str) -> Result<()> {
+    let email_box = browser.wait_for("input[name='email']").await?;
+    browser.type_text(&email_box, email).await?;
+    browser.click(&browser.find("button.primary").await?).await
+}
+
+async fn two_tabs_scenario(browser: &Browser, app: &TestApp) -> Result<()> {
+    let first = browser.current_tab().await?;
+    browser.goto(&app.url("/auth/login?next=%2F")).await?;
+    browser.wait_for("input[name='email']").await?;
+    let second = browser.new_tab().await?;
+    browser.switch_to(&second).await?;
+    browser
+        .goto(&app.url("/auth/login?next=%2Fquote%2Fedit"))
+        .await?;
+    browser.wait_for("input[name='email']").await?;
+
+    browser.switch_to(&first).await?;
+    continue_as(browser, "two-tabs@example.com").await?;
+    browser.wait_for(".welcome").await?;
+    browser.switch_to(&second).await?;
+    continue_as(browser, "two-tabs@example.com").await?;
+    browser
+        .wait_for(".welcome")
+        .await
+        .map_err(|err| format!("the second tab's sign-in failed: {err}"))?;
+    let url = browser.current_url().await?;
+    if url != app.url("/quote/edit") {
+        return Err(format!(
+            "the second tab should land on its own next, at {url}"
+        ));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tabs_sign_in_at_once_and_each_lands_on_its_own_page() {
+    let Some(browser) = browser().await else {
+        return;
+    };
+    let app = spawn_app().await;
+    if let Err(err) = two_tabs_scenario(&browser, &app).await {
+        fail_with_screenshot(&browser, "two-tabs", err).await;
     }
 }
 

@@ -102,28 +102,9 @@ fn request_id(html: &str) -> String {
     html[start..end].to_owned()
 }
 
-/// Walks authorize → login page → login with `email` and returns the code.
+/// Walks authorize → login page → login with `email` in a fresh browser and returns the code.
 async fn login(emulator: &Emulator, pkce: &Pkce, email: &str) -> String {
-    let http = client();
-    let page = http
-        .get(authorize_url(emulator, pkce, &[]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(page.status(), StatusCode::OK);
-    let html = page.text().await.unwrap();
-    let response = http
-        .post(url(emulator, "/u/login"))
-        .form(&[
-            ("request", request_id(&html).as_str()),
-            ("email", email),
-            ("action", "login"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::FOUND);
-    let location = location(&response);
+    let location = sign_in_with(&client(), emulator, pkce, email, &[]).await;
     assert!(location.starts_with(CALLBACK), "{location}");
     let query = query_of(&location);
     assert_eq!(query["state"], "state-123");
@@ -720,6 +701,304 @@ async fn logout_endpoints_check_the_return_url() {
         .await
         .unwrap();
     assert_eq!(forged.status(), StatusCode::BAD_REQUEST);
+}
+
+/// Signs in as `email` in a fresh browser and exchanges the code: the ID token.
+async fn id_token_for(emulator: &Emulator, pkce: &Pkce, email: &str) -> String {
+    let code = login(emulator, pkce, email).await;
+    let tokens: Value = exchange(emulator, &code, &pkce.verifier)
+        .await
+        .json()
+        .await
+        .unwrap();
+    tokens["id_token"].as_str().unwrap().to_owned()
+}
+
+/// `/authorize` with `client` (its cookies), answered without following redirects.
+async fn authorize_with(
+    http: &reqwest::Client,
+    emulator: &Emulator,
+    pkce: &Pkce,
+    overrides: &[(&str, &str)],
+) -> reqwest::Response {
+    http.get(authorize_url(emulator, pkce, overrides))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Signs in on the login page as `email` with `client`, returning where the emulator sends the
+/// browser back to.
+async fn sign_in_with(
+    http: &reqwest::Client,
+    emulator: &Emulator,
+    pkce: &Pkce,
+    email: &str,
+    overrides: &[(&str, &str)],
+) -> String {
+    let page = authorize_with(http, emulator, pkce, overrides).await;
+    assert_eq!(page.status(), StatusCode::OK, "the login page");
+    let html = page.text().await.unwrap();
+    let back = http
+        .post(url(emulator, "/u/login"))
+        .form(&[
+            ("request", request_id(&html).as_str()),
+            ("email", email),
+            ("action", "login"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(back.status(), StatusCode::FOUND);
+    location(&back)
+}
+
+#[tokio::test]
+async fn single_sign_on_skips_the_login_page_until_a_logout_ends_it() {
+    let emulator = start(0).await;
+    let pkce = pkce();
+    let browser = client();
+    let silent = authorize_with(&browser, &emulator, &pkce, &[("prompt", "none")]).await;
+    assert_eq!(query_of(&location(&silent))["error"], "login_required");
+
+    let first = sign_in_with(&browser, &emulator, &pkce, "sso@example.com", &[]).await;
+    assert!(query_of(&first).contains_key("code"));
+    // Straight back with a code, for the same person, as Auth0 does while its session lasts.
+    for prompt in ["", "none"] {
+        let again = authorize_with(&browser, &emulator, &pkce, &[("prompt", prompt)]).await;
+        assert_eq!(again.status(), StatusCode::FOUND, "prompt={prompt:?}");
+        let code = query_of(&location(&again))["code"].clone();
+        let tokens: Value = exchange(&emulator, &code, &pkce.verifier)
+            .await
+            .json()
+            .await
+            .unwrap();
+        let claims = claims_unverified(tokens["id_token"].as_str().unwrap());
+        assert_eq!(claims["email"], "sso@example.com");
+    }
+    // prompt=login and the sign-up screen still show a page.
+    for hint in [("prompt", "login"), ("screen_hint", "signup")] {
+        let page = authorize_with(&browser, &emulator, &pkce, &[hint]).await;
+        assert_eq!(page.status(), StatusCode::OK, "{hint:?}");
+    }
+    // Another browser has no session.
+    let other = authorize_with(&client(), &emulator, &pkce, &[]).await;
+    assert_eq!(other.status(), StatusCode::OK);
+
+    // Either logout ends it.
+    for logout in [
+        vec![("client_id", CLIENT_ID), ("returnTo", LOGOUT)],
+        vec![
+            ("client_id", CLIENT_ID),
+            ("post_logout_redirect_uri", LOGOUT),
+        ],
+    ] {
+        sign_in_with(
+            &browser,
+            &emulator,
+            &pkce,
+            "sso@example.com",
+            &[("prompt", "login")],
+        )
+        .await;
+        let path = if logout[1].0 == "returnTo" {
+            "/v2/logout"
+        } else {
+            "/oidc/logout"
+        };
+        let bye = browser
+            .get(url(&emulator, path))
+            .query(&logout)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(bye.status(), StatusCode::FOUND, "{path}");
+        let after = authorize_with(&browser, &emulator, &pkce, &[]).await;
+        assert_eq!(
+            after.status(),
+            StatusCode::OK,
+            "the login page again after {path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_issuer_is_spelled_as_configured_in_discovery_and_tokens() {
+    use quotebook::emulator::IssuerIdentifier;
+    for (spelling, expect_slash) in [
+        (IssuerIdentifier::Auth0, true),
+        (IssuerIdentifier::NoTrailingSlash, false),
+    ] {
+        let emulator = Emulator::start(EmulatorConfig {
+            issuer: spelling.clone(),
+            ..EmulatorConfig::for_tests()
+        })
+        .await
+        .unwrap();
+        emulator.add_callback_url(CALLBACK);
+        let identifier = emulator.issuer_identifier();
+        assert_eq!(identifier.ends_with('/'), expect_slash, "{spelling:?}");
+        let doc: Value = client()
+            .get(url(&emulator, "/.well-known/openid-configuration"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(doc["issuer"], identifier);
+        let pkce = pkce();
+        let id_token = id_token_for(&emulator, &pkce, "iss@example.com").await;
+        assert_eq!(claims_unverified(&id_token)["iss"], identifier);
+    }
+    let elsewhere = Emulator::start(EmulatorConfig {
+        issuer: IssuerIdentifier::Claimed("https://idp.internal:8443/realms/app".into()),
+        ..EmulatorConfig::for_tests()
+    })
+    .await
+    .unwrap();
+    let doc: Value = client()
+        .get(url(&elsewhere, "/.well-known/openid-configuration"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["issuer"], "https://idp.internal:8443/realms/app");
+}
+
+#[tokio::test]
+async fn a_rotated_key_signs_new_tokens_and_the_old_one_stays_published() {
+    let emulator = start(0).await;
+    let pkce = pkce();
+    let kid = |jwt: &str| -> Value {
+        let header = jwt.split('.').next().unwrap();
+        serde_json::from_slice::<Value>(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap()["kid"]
+            .clone()
+    };
+    let before = id_token_for(&emulator, &pkce, "rotate@example.com").await;
+
+    emulator.rotate_signing_key().await.unwrap();
+    let after = id_token_for(&emulator, &pkce, "rotate@example.com").await;
+    assert_ne!(kid(&after), kid(&before), "a new kid");
+    assert!(verify(&emulator, &after).await.is_some());
+    assert!(
+        verify(&emulator, &before).await.is_some(),
+        "the old key is still published"
+    );
+    let fetched = emulator.jwks_requests();
+    assert!(fetched >= 2, "JWKS requests are counted: {fetched}");
+}
+
+#[tokio::test]
+async fn claim_switches_send_the_shapes_other_connections_send() {
+    let emulator = start(0).await;
+    let pkce = pkce();
+    let mut shapes = serde_json::Map::new();
+    shapes.insert("email_verified".into(), json!("jane@acme.example"));
+    shapes.insert("name".into(), Value::Null);
+    emulator.faults().set_id_token_claims(shapes);
+    let id_token = id_token_for(&emulator, &pkce, "jane@acme.example").await;
+    let claims = verify(&emulator, &id_token).await.unwrap();
+    assert_eq!(claims["email_verified"], "jane@acme.example");
+    assert!(claims.get("name").is_none());
+    assert_eq!(claims["email"], "jane@acme.example");
+
+    emulator
+        .faults()
+        .set_id_token_claims(serde_json::Map::new());
+    let id_token = id_token_for(&emulator, &pkce, "jane@acme.example").await;
+    let claims = claims_unverified(&id_token);
+    assert_eq!(claims["email_verified"], false);
+    assert!(claims["name"].is_string());
+}
+
+#[tokio::test]
+async fn post_login_denials_blocked_users_and_unknown_audiences_come_back_as_errors() {
+    let emulator = Emulator::start(EmulatorConfig {
+        apis: vec!["https://api.quotebook.example".into()],
+        ..EmulatorConfig::for_tests()
+    })
+    .await
+    .unwrap();
+    emulator.add_callback_url(CALLBACK);
+    let pkce = pkce();
+
+    emulator
+        .faults()
+        .deny_logins(Some("Please verify your email before logging in."));
+    let back = query_of(&sign_in_with(&client(), &emulator, &pkce, "deny@example.com", &[]).await);
+    assert_eq!(back["error"], "access_denied");
+    assert_eq!(
+        back["error_description"],
+        "Please verify your email before logging in."
+    );
+    assert_eq!(back["state"], "state-123");
+    emulator.faults().deny_logins(None);
+
+    crate::helpers::block_user(&emulator, "deny@example.com");
+    let back = query_of(&sign_in_with(&client(), &emulator, &pkce, "deny@example.com", &[]).await);
+    assert_eq!(back["error"], "unauthorized");
+    assert_eq!(back["error_description"], "user is blocked");
+
+    let unknown = authorize_with(
+        &client(),
+        &emulator,
+        &pkce,
+        &[("audience", "https://nope.example")],
+    )
+    .await;
+    let back = query_of(&location(&unknown));
+    assert_eq!(back["error"], "access_denied");
+    assert_eq!(
+        back["error_description"],
+        "Service not found: https://nope.example"
+    );
+    let known = authorize_with(
+        &client(),
+        &emulator,
+        &pkce,
+        &[("audience", "https://api.quotebook.example")],
+    )
+    .await;
+    assert_eq!(known.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn organizations_reach_the_id_token_and_signup_opens_the_signup_screen() {
+    let emulator = start(0).await;
+    let pkce = pkce();
+    let signup = authorize_with(&client(), &emulator, &pkce, &[("screen_hint", "signup")]).await;
+    assert!(signup.text().await.unwrap().contains("Create your account"));
+
+    for (organization, org_id, org_name) in [
+        ("org_abc123", Some("org_abc123"), None),
+        ("Acme", None, Some("acme")),
+    ] {
+        let back = sign_in_with(
+            &client(),
+            &emulator,
+            &pkce,
+            "member@example.com",
+            &[("organization", organization)],
+        )
+        .await;
+        let code = query_of(&back)["code"].clone();
+        let tokens: Value = exchange(&emulator, &code, &pkce.verifier)
+            .await
+            .json()
+            .await
+            .unwrap();
+        let claims = claims_unverified(tokens["id_token"].as_str().unwrap());
+        if let Some(id) = org_id {
+            assert_eq!(claims["org_id"], id);
+        }
+        if let Some(name) = org_name {
+            assert_eq!(claims["org_name"], name);
+            assert!(claims["org_id"].as_str().unwrap().starts_with("org_"));
+        }
+    }
 }
 
 #[tokio::test]

@@ -259,6 +259,39 @@ pub async fn spawn_app_with_worker(extra: &[(&str, &str)]) -> TestApp {
     spawn(extra, true).await
 }
 
+/// Starts an emulator with `config` and the app signing in against it as an external provider,
+/// configured with the issuer exactly as the emulator spells it.
+pub async fn spawn_app_against(
+    config: quotebook::emulator::EmulatorConfig,
+    extra: &[(&str, &str)],
+) -> TestApp {
+    let emulator = quotebook::emulator::Emulator::start(config)
+        .await
+        .expect("emulator starts");
+    let issuer = emulator.issuer_identifier();
+    spawn_app_with_provider(emulator, &issuer, extra).await
+}
+
+/// The app signing in against `emulator`, with `AUTH0_ISSUER_BASE_URL` written as `issuer`.
+/// The emulator learns the app's callback and logout URLs once the app has a port.
+pub async fn spawn_app_with_provider(
+    emulator: quotebook::emulator::Emulator,
+    issuer: &str,
+    extra: &[(&str, &str)],
+) -> TestApp {
+    let mut vars = vec![
+        ("AUTH0_ISSUER_BASE_URL", issuer),
+        ("AUTH0_CLIENT_ID", quotebook::config::DEV_CLIENT_ID),
+        ("AUTH0_CLIENT_SECRET", quotebook::config::DEV_CLIENT_SECRET),
+    ];
+    vars.extend_from_slice(extra);
+    let mut app = spawn(&vars, false).await;
+    emulator.add_callback_url(&format!("{}/auth/callback", app.address));
+    emulator.add_logout_url(&format!("{}/", app.address));
+    app.emulator = Some(emulator);
+    app
+}
+
 async fn spawn(extra: &[(&str, &str)], with_worker: bool) -> TestApp {
     // Logs only on request (`TEST_LOG=1 cargo test`): a passing run stays readable.
     if std::env::var_os("TEST_LOG").is_some() {
@@ -441,6 +474,16 @@ impl TestApp {
         (address, tx)
     }
 
+    /// Ends every local session behind the app's back (as expiry, or a logout on another
+    /// instance, would) and waits until this instance's memory of them has lapsed.
+    pub async fn end_all_sessions(&self) {
+        sqlx::query("DELETE FROM sessions")
+            .execute(&self.db)
+            .await
+            .expect("delete sessions");
+        wait_out_the_session_memory().await;
+    }
+
     /// The CSRF token of the signed-in home page.
     pub async fn csrf_for(&self, client: &reqwest::Client) -> String {
         let html = client
@@ -455,6 +498,31 @@ impl TestApp {
     }
 }
 
+/// Waits until sessions changed behind the app's back are read from the database again (the
+/// app remembers sessions it read for a second).
+pub async fn wait_out_the_session_memory() {
+    tokio::time::sleep(quotebook::auth::session_store::CACHE_TTL + Duration::from_millis(100))
+        .await;
+}
+
+/// Blocks the emulator's user with `email`, as an Auth0 dashboard's "Block" does.
+pub fn block_user(emulator: &quotebook::emulator::Emulator, email: &str) {
+    let user = emulator
+        .users()
+        .find_by_email(email)
+        .expect("the user exists");
+    emulator
+        .users()
+        .update(
+            &user.user_id,
+            quotebook::emulator::UserPatch {
+                blocked: Some(true),
+                ..Default::default()
+            },
+        )
+        .expect("the user is blocked");
+}
+
 /// Walks the real flow for the app at `address` (see [`TestApp::start_login`]).
 pub async fn start_login_at(
     address: &str,
@@ -463,11 +531,13 @@ pub async fn start_login_at(
     next: &str,
 ) -> LoginSteps {
     let next = url::form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>();
-    let start = client
-        .get(format!("{address}/auth/login?next={next}"))
-        .send()
-        .await
-        .expect("login request");
+    start_login_from(client, &format!("{address}/auth/login?next={next}"), email).await
+}
+
+/// Walks the real flow from the app's login URL `login` (with whatever query it carries) as
+/// `email`, returning the app's callback URL un-followed.
+pub async fn start_login_from(client: &reqwest::Client, login: &str, email: &str) -> LoginSteps {
+    let start = client.get(login).send().await.expect("login request");
     assert_eq!(
         start.status(),
         reqwest::StatusCode::SEE_OTHER,
@@ -479,6 +549,12 @@ pub async fn start_login_at(
         .send()
         .await
         .expect("authorize page");
+    // A provider that still has a single sign-on session sends the browser straight back.
+    if page.status().is_redirection() {
+        return LoginSteps {
+            callback_url: location(&page),
+        };
+    }
     assert_eq!(
         page.status(),
         reqwest::StatusCode::OK,

@@ -160,6 +160,45 @@ impl Browser {
             .map(|_| ())
     }
 
+    /// The browser's Back button.
+    pub async fn back(&self) -> Result<()> {
+        self.command(reqwest::Method::POST, "/back", Some(json!({})))
+            .await
+            .map(|_| ())
+    }
+
+    /// Opens a new tab (same profile, so the same cookies) and returns its handle; the current
+    /// tab stays the one commands go to.
+    pub async fn new_tab(&self) -> Result<String> {
+        let value = self
+            .command(
+                reqwest::Method::POST,
+                "/window/new",
+                Some(json!({ "type": "tab" })),
+            )
+            .await?;
+        value["handle"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| format!("no window handle: {value}"))
+    }
+
+    /// The current tab's handle.
+    pub async fn current_tab(&self) -> Result<String> {
+        let value = self.command(reqwest::Method::GET, "/window", None).await?;
+        Ok(value.as_str().unwrap_or_default().to_owned())
+    }
+
+    pub async fn switch_to(&self, handle: &str) -> Result<()> {
+        self.command(
+            reqwest::Method::POST,
+            "/window",
+            Some(json!({ "handle": handle })),
+        )
+        .await
+        .map(|_| ())
+    }
+
     pub async fn current_url(&self) -> Result<String> {
         let value = self.command(reqwest::Method::GET, "/url", None).await?;
         Ok(value.as_str().unwrap_or_default().to_owned())
