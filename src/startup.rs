@@ -187,10 +187,17 @@ impl Application {
         }
 
         let sessions = Arc::new(sessions);
-        let canonical = Arc::new(web::canonical_origin::CanonicalOrigin::new(
-            &settings.base_url,
-            settings.trust_proxy_headers,
-        ));
+        let canonical = Arc::new(
+            web::canonical_origin::CanonicalOrigin::new(
+                &settings.base_url,
+                settings.trust_proxy_headers,
+            )
+            .scoped(if settings.is_production() {
+                web::canonical_origin::Scope::EveryPage
+            } else {
+                web::canonical_origin::Scope::SignIn
+            }),
+        );
         let app = http_stack::wrap(
             routes()
                 .around(move |ep, req| {

@@ -3,8 +3,17 @@
 //! Redirect` (method and body kept) before anything runs or is stored. Browsers keep cookies per
 //! host, so a sign-in started on one host could never finish on the other.
 //!
-//! Health, readiness and metrics answer on any host: platform checks and scrapers reach the app
-//! on an internal address (Fly's checks do not follow redirects).
+//! What moves depends on the environment ([`Scope`]). In production every browser-facing route
+//! moves (a second public host such as `APP.fly.dev` next to a custom domain would otherwise split
+//! people's cookies). In development only the sign-in routes (`/auth/*`) move: they are what
+//! breaks across hosts, and a developer or a script reaching `127.0.0.1` instead of `localhost`
+//! keeps being served everywhere else.
+//!
+//! Machine endpoints answer on any host, in every environment: health, readiness and metrics
+//! (platform checks and scrapers reach the app on an internal address, and Fly's checks do not
+//! follow redirects), the bearer-token admin API (clients drop `Authorization` on a redirect to
+//! another host), and the provider's server-to-server deliveries (`/webhooks/*`,
+//! `/auth/backchannel-logout`), which carry no cookie and may not follow redirects.
 //!
 //! The host is the request's `Host` (or HTTP/2 `:authority`), or `X-Forwarded-Host` behind a
 //! trusted proxy (`TRUST_PROXY_HEADERS`): a proxy that rewrites `Host` without saying so would
@@ -14,7 +23,36 @@ use poem::{Endpoint, IntoResponse, Request, Response, http::StatusCode};
 use url::Url;
 
 /// Paths that answer on any host.
-const ANY_HOST: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+const ANY_HOST: [&str; 4] = [
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/auth/backchannel-logout",
+];
+/// Path prefixes that answer on any host.
+const ANY_HOST_PREFIXES: [&str; 2] = ["/api/", "/webhooks/"];
+
+/// Which requests for a foreign host are moved to the canonical origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every browser-facing route (production).
+    EveryPage,
+    /// Only the sign-in routes under `/auth/` (development).
+    SignIn,
+}
+
+impl Scope {
+    /// Whether a request for `path` on a foreign host is moved.
+    pub fn moves(self, path: &str) -> bool {
+        if ANY_HOST.contains(&path) || ANY_HOST_PREFIXES.iter().any(|p| path.starts_with(p)) {
+            return false;
+        }
+        match self {
+            Self::EveryPage => true,
+            Self::SignIn => path.starts_with("/auth/"),
+        }
+    }
+}
 
 /// `APP_BASE_URL`'s origin, and how to tell whether a request is addressed to it.
 #[derive(Debug, Clone)]
@@ -27,9 +65,11 @@ pub struct CanonicalOrigin {
     /// What a `Host` without a port means: the base URL's scheme's default.
     default_port: u16,
     trust_proxy_headers: bool,
+    scope: Scope,
 }
 
 impl CanonicalOrigin {
+    /// The origin of `base_url`; it moves [`Scope::EveryPage`] until [`Self::scoped`] says otherwise.
     pub fn new(base_url: &Url, trust_proxy_headers: bool) -> Self {
         let default_port = if base_url.scheme() == "https" {
             443
@@ -42,7 +82,13 @@ impl CanonicalOrigin {
             port: base_url.port().unwrap_or(default_port),
             default_port,
             trust_proxy_headers,
+            scope: Scope::EveryPage,
         }
+    }
+
+    /// The same origin, moving only what `scope` covers.
+    pub fn scoped(self, scope: Scope) -> Self {
+        Self { scope, ..self }
     }
 
     /// Whether `host` (`name[:port]`, as in a `Host` header) is this origin's.
@@ -79,7 +125,7 @@ impl CanonicalOrigin {
         let foreign = self
             .request_host(&req)
             .is_some_and(|host| !self.is_canonical(&host));
-        if foreign && !ANY_HOST.contains(&path) {
+        if foreign && self.scope.moves(path) {
             let target = format!(
                 "{}{}",
                 self.origin,
@@ -114,5 +160,35 @@ mod tests {
         assert_eq!(local.origin(), "http://localhost:3000");
         let v6 = CanonicalOrigin::new(&Url::parse("http://[::1]:3000/").unwrap(), false);
         assert!(v6.is_canonical("[::1]:3000"));
+    }
+
+    #[test]
+    fn production_moves_every_page_development_only_sign_in_and_machines_never() {
+        for path in [
+            "/",
+            "/quote/edit",
+            "/admin",
+            "/auth/login",
+            "/auth/callback",
+        ] {
+            assert!(Scope::EveryPage.moves(path), "{path}");
+        }
+        for path in ["/auth/login", "/auth/callback", "/auth/logout"] {
+            assert!(Scope::SignIn.moves(path), "{path}");
+        }
+        for path in ["/", "/quote/edit", "/admin", "/assets/app.css"] {
+            assert!(!Scope::SignIn.moves(path), "{path}");
+        }
+        for path in [
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/api/admin/users",
+            "/webhooks/auth0/events",
+            "/auth/backchannel-logout",
+        ] {
+            assert!(!Scope::EveryPage.moves(path), "{path}");
+            assert!(!Scope::SignIn.moves(path), "{path}");
+        }
     }
 }
