@@ -137,9 +137,45 @@ fn new_session(config: &SessionConfig) -> StoredSession {
 
 impl<'a> FromRequest<'a> for Session {
     async fn from_request(req: &'a Request, _body: &mut RequestBody) -> poem::Result<Self> {
+        if let Some(failed) = req.extensions().get::<LoadFailed>() {
+            return Err(failed.error().into());
+        }
         req.extensions().get::<Session>().cloned().ok_or_else(|| {
             AppError::internal(anyhow::anyhow!("session middleware is not installed")).into()
         })
+    }
+}
+
+/// The cookie named a session that could not be read (the database is down). Only what needs
+/// the session fails, inside its route, so the error is counted and logged under the route's
+/// template; assets and health checks still answer.
+#[derive(Debug, Clone)]
+struct LoadFailed {
+    unavailable: bool,
+    cause: String,
+}
+
+impl LoadFailed {
+    fn new(err: &AppError) -> Self {
+        Self {
+            unavailable: poem::error::ResponseError::status(err)
+                == poem::http::StatusCode::SERVICE_UNAVAILABLE,
+            cause: match err {
+                AppError::DatabaseUnavailable(cause) => cause.clone(),
+                other => other.to_string(),
+            },
+        }
+    }
+
+    fn error(&self) -> AppError {
+        if self.unavailable {
+            AppError::DatabaseUnavailable(self.cause.clone())
+        } else {
+            AppError::internal(anyhow::anyhow!(
+                "the session could not be loaded: {}",
+                self.cause
+            ))
+        }
     }
 }
 
@@ -153,7 +189,13 @@ impl SessionMiddleware {
     pub async fn handle<E: Endpoint>(&self, next: E, mut req: Request) -> poem::Result<Response> {
         let cookie = read_cookie(&req, self.config.cookie_name);
         let loaded = match cookie {
-            Some(value) => self.load(value).await?,
+            Some(value) => match self.load(value).await {
+                Ok(loaded) => loaded,
+                Err(err) => {
+                    req.extensions_mut().insert(LoadFailed::new(&err));
+                    return next.call(req).await.map(IntoResponse::into_response);
+                }
+            },
             None => None,
         };
         let session = Session {
