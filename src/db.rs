@@ -19,7 +19,9 @@ use sqlx::{
 };
 use tokio::time::Instant;
 
-pub use self::liveness::{is_connection_lost, note_connection_lost, retry_idempotent};
+pub use self::liveness::{
+    CHECK_IDLE_AFTER, is_connection_lost, note_connection_lost, retry_idempotent,
+};
 use crate::config::{DatabaseSettings, Secret, detect_pooler};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
