@@ -19,7 +19,10 @@ pub fn healthz() -> Json<serde_json::Value> {
 
 #[handler]
 pub async fn readyz(Data(state): Data<&AppState>) -> Response {
-    let check = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.db);
+    // A dead pooled connection is not the database being down: one more try on another.
+    let check = crate::db::retry_idempotent(|| {
+        sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.db)
+    });
     let reason = match tokio::time::timeout(Duration::from_secs(1), check).await {
         Ok(Ok(_)) => return Json(json!({ "status": "ready" })).into_response(),
         Ok(Err(err)) => format!("database error: {}", describe(&err)),

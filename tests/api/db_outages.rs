@@ -65,6 +65,7 @@ async fn pages_survive_every_pooled_connection_dying_at_once() {
     // A compute restart: every connection closes; the app has not noticed yet, and they have
     // been idle for less than the idle check's threshold.
     proxy.kill_connections();
+    assert_eq!(app.get("/readyz").await.status(), StatusCode::OK);
     app.read_quotes_at_once(&readers, 6).await;
     app.read_quotes_at_once(&readers, 2).await;
 
