@@ -38,23 +38,11 @@ async fn app_behind(proxy: &TcpProxy, extra: &[(&str, &str)]) -> TestApp {
     .await
 }
 
-async fn readers(app: &TestApp, people: usize) -> Vec<(reqwest::Client, String)> {
-    let mut readers = Vec::new();
-    for n in 0..people {
-        let quote = format!("Still here, number {n}.");
-        let client = app
-            .signed_in_with_quote(&format!("survivor{n}@example.com"), &quote)
-            .await;
-        readers.push((client, quote));
-    }
-    readers
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_survive_every_pooled_connection_dying_at_once() {
     let proxy = start_proxy().await;
     let app = app_behind(&proxy, &[("DATABASE_MAX_CONNECTIONS", "4")]).await;
-    let readers = readers(&app, 3).await;
+    let readers = app.readers_with_quotes(3).await;
     app.read_quotes_at_once(&readers, 6).await;
     assert!(
         app.app_pool.num_idle() >= 2,
@@ -133,7 +121,7 @@ async fn a_page_waits_for_a_waking_compute_within_the_request_timeout() {
         ],
     )
     .await;
-    let readers = readers(&app, 1).await;
+    let readers = app.readers_with_quotes(1).await;
     // The compute suspends (its connections die) and wakes slowly on the next connect.
     proxy.kill_connections();
     proxy.set_connect_delay(Duration::from_secs(5));
@@ -186,7 +174,7 @@ async fn a_busy_pool_sheds_pages_after_the_acquire_timeout_not_the_connect_allow
         ("DATABASE_CONNECT_TIMEOUT_SECS", "10"),
     ])
     .await;
-    let readers = readers(&app, 1).await;
+    let readers = app.readers_with_quotes(1).await;
     let (client, _) = &readers[0];
     // Every connection is in use elsewhere.
     let first = app.app_pool.acquire().await.unwrap();
@@ -267,7 +255,7 @@ async fn a_database_503_is_counted_and_logged_under_its_route_with_its_cause() {
         ],
     )
     .await;
-    let readers = readers(&app, 1).await;
+    let readers = app.readers_with_quotes(1).await;
     let (client, _) = &readers[0];
     let before = requests_counted(&app, "/", 503).await;
 

@@ -506,6 +506,20 @@ impl TestApp {
         client
     }
 
+    /// `people` clients, each signed in as a person of their own who has saved a quote, with
+    /// that quote.
+    pub async fn readers_with_quotes(&self, people: usize) -> Vec<(reqwest::Client, String)> {
+        let mut readers = Vec::new();
+        for n in 0..people {
+            let quote = format!("Quote of reader {n}.");
+            let client = self
+                .signed_in_with_quote(&format!("reader{n}@example.com"), &quote)
+                .await;
+            readers.push((client, quote));
+        }
+        readers
+    }
+
     /// Every reader loads the home page `times` times, all at once, past the one-second session
     /// memory (so every session is read from the database); each page must show its reader's
     /// quote.

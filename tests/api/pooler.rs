@@ -162,14 +162,7 @@ async fn advisory_locks_held_by_the_pooler(direct: &PgPool, database: &str) -> i
 /// `people` signed in, each with a saved quote, then `rounds` of concurrent page reads that
 /// all go to the database; every answer must be right.
 async fn signed_in_traffic(app: &TestApp, people: usize, rounds: usize) {
-    let mut readers = Vec::new();
-    for n in 0..people {
-        let quote = format!("Quote number {n}.");
-        let client = app
-            .signed_in_with_quote(&format!("reader{n}@example.com"), &quote)
-            .await;
-        readers.push((client, quote));
-    }
+    let readers = app.readers_with_quotes(people).await;
     for _ in 0..rounds {
         app.read_quotes_at_once(&readers, 5).await;
     }
