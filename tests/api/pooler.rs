@@ -5,7 +5,6 @@
 //! listened to, no advisory lock held.
 
 use std::{
-    collections::BTreeSet,
     path::PathBuf,
     process::Stdio,
     time::{Duration, Instant},
@@ -13,7 +12,7 @@ use std::{
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sqlx::{ConnectOptions, Connection, PgPool};
+use sqlx::PgPool;
 
 use crate::helpers::{
     TestApp, client, local_cluster,
@@ -80,70 +79,6 @@ async fn app_through(
     let mut extra = extra.to_vec();
     extra.push(("ADMIN_API_TOKEN", TOKEN));
     spawn_on(local_cluster(), |db| test_vars(&url(db), &extra), worker).await
-}
-
-/// What one server connection of the pooler holds.
-#[derive(Debug)]
-struct ServerConnection {
-    pid: i32,
-    prepared: Vec<String>,
-    listening: Vec<String>,
-}
-
-/// Opens as many transactions through the pooler as it has server connections for `database`
-/// and holds them all at once, so each lands on a different one; checks they cover every server
-/// connection Postgres sees from the pooler.
-async fn inspect_server_connections(
-    bouncer_url: &str,
-    direct: &PgPool,
-    database: &str,
-) -> Vec<ServerConnection> {
-    let options = quotebook::db::options_from_url(bouncer_url).unwrap();
-    let mut conns = Vec::new();
-    for _ in 0..POOL_SIZE {
-        conns.push(options.connect().await.expect("connect through the pooler"));
-    }
-    let mut txs = Vec::new();
-    for conn in &mut conns {
-        txs.push(conn.begin().await.expect("begin through the pooler"));
-    }
-    let mut seen = Vec::new();
-    for tx in &mut txs {
-        let (pid, prepared, listening): (i32, Vec<String>, Vec<String>) = sqlx::query_as(
-            "SELECT pg_backend_pid(),
-                    ARRAY(SELECT name FROM pg_prepared_statements ORDER BY name),
-                    ARRAY(SELECT pg_listening_channels())",
-        )
-        .fetch_one(&mut **tx)
-        .await
-        .expect("inspect a server connection");
-        seen.push(ServerConnection {
-            pid,
-            prepared,
-            listening,
-        });
-    }
-    let server_side: BTreeSet<i32> =
-        sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE usename = $1 AND datname = $2")
-            .bind(SERVER_ROLE)
-            .bind(database)
-            .fetch_all(direct)
-            .await
-            .unwrap()
-            .into_iter()
-            .collect();
-    let inspected: BTreeSet<i32> = seen.iter().map(|c| c.pid).collect();
-    assert_eq!(
-        inspected, server_side,
-        "every server connection of the pooler was inspected"
-    );
-    for tx in txs {
-        tx.rollback().await.unwrap();
-    }
-    for conn in conns {
-        let _ = conn.close().await;
-    }
-    seen
 }
 
 /// Advisory locks held by the pooler's server connections (they would outlive their client).
@@ -226,15 +161,14 @@ async fn with_only_a_neon_pooled_url_requests_use_the_pooler_and_session_work_go
     .await
     .unwrap();
     assert_eq!(listening, 1, "apalis' LISTEN runs on the direct connection");
-    for server in inspect_server_connections(&neon.url(&app.db_name), &app.db, &app.db_name).await {
+    for server in neon.bouncer.server_connections(&app.db_name, &app.db).await {
         assert!(server.prepared.is_empty(), "statements left on {server:?}");
         assert!(server.listening.is_empty(), "LISTEN on {server:?}");
     }
     assert_eq!(
         advisory_locks_held_by_the_pooler(&app.db, &app.db_name).await,
         0,
-        "{}",
-        neon.bouncer.log()
+        "the sync's run lock stays on the direct connection"
     );
 }
 
@@ -259,13 +193,7 @@ async fn pgbouncer_on_6432_beside_a_direct_url_gets_only_unnamed_statements() {
     let run = sync_through_the_api(&app).await;
     assert_eq!(run["status"], "succeeded", "{run}");
 
-    for server in inspect_server_connections(
-        &bouncer.url("localhost", &app.db_name),
-        &app.db,
-        &app.db_name,
-    )
-    .await
-    {
+    for server in bouncer.server_connections(&app.db_name, &app.db).await {
         assert!(server.prepared.is_empty(), "statements left on {server:?}");
         assert!(server.listening.is_empty(), "LISTEN on {server:?}");
     }

@@ -5,6 +5,8 @@
 //! as the role [`SERVER_ROLE`], so a test can tell on the server which sessions are the pooler's
 //! (`pg_stat_activity.usename`) and which are the app's direct ones. It refuses to run as root,
 //! so under root it runs as the `postgres` OS user, like the cluster.
+//!
+//! Self-contained: `examples/web_bench.rs --pooler` includes this file too.
 
 use std::{
     os::unix::{fs::PermissionsExt, process::CommandExt},
@@ -13,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sqlx::{ConnectOptions, Connection};
+use sqlx::{ConnectOptions, Connection, PgPool};
 
 /// The Postgres role of every server connection PgBouncer opens.
 pub const SERVER_ROLE: &str = "via_pgbouncer";
@@ -22,7 +24,16 @@ pub struct PgBouncer {
     dir: PathBuf,
     socket_dir: PathBuf,
     port: u16,
+    pool_size: u32,
     child: Option<Child>,
+}
+
+/// What one server connection of the pooler holds.
+#[derive(Debug)]
+pub struct ServerConnection {
+    pub pid: i32,
+    pub prepared: Vec<String>,
+    pub listening: Vec<String>,
 }
 
 impl PgBouncer {
@@ -31,10 +42,8 @@ impl PgBouncer {
     /// Postgres whose socket directory is `upstream`.
     pub async fn start(socket_dir: &Path, port: u16, upstream: &Path, pool_size: u32) -> Self {
         create_server_role(upstream).await;
-        let dir = std::env::temp_dir().join(format!(
-            "quotebook-pgbouncer-{}",
-            crate::helpers::random_suffix()
-        ));
+        let suffix: u64 = rand::random();
+        let dir = std::env::temp_dir().join(format!("quotebook-pgbouncer-{suffix:016x}"));
         let run_as = postgres_user();
         for d in [&dir, &socket_dir.to_path_buf()] {
             std::fs::create_dir_all(d).expect("pgbouncer directory");
@@ -93,6 +102,7 @@ impl PgBouncer {
             dir,
             socket_dir: socket_dir.to_path_buf(),
             port,
+            pool_size,
             child: Some(child),
         };
         bouncer.wait_until_ready().await;
@@ -126,9 +136,63 @@ impl PgBouncer {
         panic!("pgbouncer did not start: {log}");
     }
 
-    /// PgBouncer's log (for failure messages).
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("pgbouncer.log")).unwrap_or_default()
+    /// Every server connection PgBouncer holds for `database`, inspected from inside: as many
+    /// transactions as it has server connections are opened through it and held at once, so each
+    /// lands on a different one. Panics unless they cover every session Postgres sees from the
+    /// pooler (`direct` is a connection of the test's own, past the pooler).
+    pub async fn server_connections(
+        &self,
+        database: &str,
+        direct: &PgPool,
+    ) -> Vec<ServerConnection> {
+        let options = quotebook::db::options_from_url(&self.url("localhost", database))
+            .expect("the pooler's URL");
+        let mut conns = Vec::new();
+        for _ in 0..self.pool_size {
+            conns.push(options.connect().await.expect("connect through the pooler"));
+        }
+        let mut txs = Vec::new();
+        for conn in &mut conns {
+            txs.push(conn.begin().await.expect("begin through the pooler"));
+        }
+        let mut seen = Vec::new();
+        for tx in &mut txs {
+            let (pid, prepared, listening): (i32, Vec<String>, Vec<String>) = sqlx::query_as(
+                "SELECT pg_backend_pid(),
+                        ARRAY(SELECT name FROM pg_prepared_statements ORDER BY name),
+                        ARRAY(SELECT pg_listening_channels())",
+            )
+            .fetch_one(&mut **tx)
+            .await
+            .expect("inspect a server connection");
+            seen.push(ServerConnection {
+                pid,
+                prepared,
+                listening,
+            });
+        }
+        let server_side: std::collections::BTreeSet<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE usename = $1 AND datname = $2",
+        )
+        .bind(SERVER_ROLE)
+        .bind(database)
+        .fetch_all(direct)
+        .await
+        .expect("the pooler's sessions")
+        .into_iter()
+        .collect();
+        let inspected: std::collections::BTreeSet<i32> = seen.iter().map(|c| c.pid).collect();
+        assert_eq!(
+            inspected, server_side,
+            "every server connection of the pooler was inspected"
+        );
+        for tx in txs {
+            let _ = tx.rollback().await;
+        }
+        for conn in conns {
+            let _ = conn.close().await;
+        }
+        seen
     }
 }
 
