@@ -192,6 +192,29 @@ async fn a_busy_pool_sheds_pages_after_the_acquire_timeout_not_the_connect_allow
     app.read_quotes_at_once(&readers, 1).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cut_off_by_the_request_timeout_is_counted_as_a_503_under_its_route() {
+    let app = spawn_app_with(&[("REQUEST_TIMEOUT_SECS", "1")]).await;
+    let readers = app.readers_with_quotes(1).await;
+    let (client, _) = &readers[0];
+    let before = requests_counted(&app, "/", 503).await;
+    // Session reads wait behind the lock for longer than the request may take.
+    let mut blocker = app.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    tokio::time::sleep(CACHE_TTL + Duration::from_millis(100)).await;
+    let page = client.get(app.url("/")).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::SERVICE_UNAVAILABLE);
+    blocker.rollback().await.unwrap();
+    let after = requests_counted(&app, "/", 503).await;
+    assert!(
+        after >= before + 1.0,
+        "503s under route=\"/\": {before} -> {after}"
+    );
+}
+
 /// Log lines written on this thread (the test runs on a current-thread runtime, so the app's
 /// tasks write here too), as production writes them: JSON with the request's span.
 #[derive(Clone, Default)]
