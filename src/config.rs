@@ -310,12 +310,12 @@ impl Settings {
                     "DATABASE_ACQUIRE_TIMEOUT_MS",
                     3000,
                 )?),
-                connect_timeout: Duration::from_secs(parse_number(
+                connect_timeout: Duration::from_secs(parse_seconds(
                     &get,
                     "DATABASE_CONNECT_TIMEOUT_SECS",
                     10,
                 )?),
-                startup_timeout: Duration::from_secs(parse_number(
+                startup_timeout: Duration::from_secs(parse_seconds(
                     &get,
                     "DATABASE_STARTUP_TIMEOUT_SECS",
                     60,
@@ -519,6 +519,18 @@ fn parse_number<T: std::str::FromStr>(
     }
 }
 
+/// A number of seconds to wait, at least one (zero would fail every attempt at once).
+fn parse_seconds(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: u64,
+) -> Result<u64, ConfigError> {
+    match parse_number(get, var, default)? {
+        0 => Err(ConfigError::new(var, "expected at least 1 (seconds)")),
+        secs => Ok(secs),
+    }
+}
+
 fn parse_bool(
     get: &impl Fn(&str) -> Option<String>,
     var: &'static str,
@@ -620,6 +632,12 @@ mod tests {
             assert_eq!(err.var, "DATABASE_URL_DIRECT", "{env}");
         }
         p.push(("DATABASE_POOL_MODE", "session"));
+        let mut zero = vars(&p);
+        zero.insert("DATABASE_CONNECT_TIMEOUT_SECS".into(), "0".into());
+        assert_eq!(
+            Settings::from_vars(&zero).unwrap_err().var,
+            "DATABASE_CONNECT_TIMEOUT_SECS"
+        );
         let s = Settings::from_vars(&vars(&p)).unwrap();
         assert!(s.database.pooler.is_none() && s.database.direct_url.is_none());
 
