@@ -152,7 +152,8 @@ pub fn auth0_api_response(status: Option<u16>) {
 
 /// Records the request metrics and writes the request's log line. A request dropped before it
 /// was answered is recorded too: after `request_timeout` as the 503 the timeout layer sends,
-/// earlier as 499 (the client went away, in nginx's terms).
+/// earlier as 499 (nginx's "client closed request": an HTTP/2 cancel, or the server's shutdown
+/// grace running out; an HTTP/1 request runs to its end even when its client has gone).
 pub async fn observe<E: Endpoint>(
     next: E,
     mut req: Request,
