@@ -9,6 +9,12 @@
 //!
 //! `--only <text>` runs just the scenarios whose name contains the text (and skips pgbench unless
 //! it matches "pgbench"); `--seconds N` changes the length of each run (for profiling).
+//!
+//! `--pooler` puts Debian's PgBouncer (transaction mode, 20 server connections) between the app
+//! and Postgres, named like Neon's pooled endpoint and given to the app as its only URL (as on
+//! Neon: requests through the pooler with unnamed statements, session work on the derived
+//! direct URL), and counts the statements left prepared on the pooler's server connections
+//! afterwards. Needs `pgbouncer` (Debian: `apt-get install pgbouncer`).
 
 use std::{
     process::{Child, Command, Stdio},
@@ -16,6 +22,9 @@ use std::{
 };
 
 use async_session::Session;
+
+#[path = "../tests/api/helpers/pgbouncer.rs"]
+mod pgbouncer;
 use quotebook::{auth::current_user::SessionUser, local_postgres::LocalPostgres};
 use sqlx::{ConnectOptions, Connection};
 
@@ -65,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
     let only = flag("--only");
     let seconds: u32 = flag("--seconds").map_or(Ok(10), |s| s.parse())?;
     let wanted = |name: &str| only.as_deref().is_none_or(|text| name.contains(text));
+    let through_pooler = args.iter().any(|a| a == "--pooler");
 
     let dir = std::env::temp_dir().join(format!("quotebook-bench-{}", std::process::id()));
     let cluster = tokio::task::block_in_place(|| LocalPostgres::start(&dir))?;
@@ -73,6 +83,30 @@ async fn main() -> anyhow::Result<()> {
         .execute(&mut admin)
         .await?;
     admin.close().await?;
+
+    // Neon's naming: the pooled endpoint is the direct one with `-pooler` (here a socket
+    // directory, and a link to the cluster's socket without it).
+    let neon = std::env::temp_dir().join(format!("quotebook-bench-neon-{}", std::process::id()));
+    let bouncer = if through_pooler {
+        std::fs::create_dir_all(&neon)?;
+        std::fs::set_permissions(&neon, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        std::os::unix::fs::symlink(cluster.socket_dir(), neon.join("ep-bench"))?;
+        Some(
+            pgbouncer::PgBouncer::start(
+                &neon.join("ep-bench-pooler"),
+                5432,
+                cluster.socket_dir(),
+                20,
+            )
+            .await,
+        )
+    } else {
+        None
+    };
+    let database_url = match &bouncer {
+        Some(bouncer) => bouncer.url("ep-bench-pooler.neon.test", "bench"),
+        None => cluster.url("bench"),
+    };
 
     let port = free_port()?;
     let base = format!("http://127.0.0.1:{port}");
@@ -84,7 +118,7 @@ async fn main() -> anyhow::Result<()> {
             .env("PORT", port.to_string())
             // The address wrk uses is the canonical one: nothing is redirected.
             .env("APP_BASE_URL", &base)
-            .env("DATABASE_URL", cluster.url("bench"))
+            .env("DATABASE_URL", &database_url)
             .env("AUTH0_EMULATOR_ADDR", "127.0.0.1:0")
             .env("AUTH0_EMULATOR_PERSIST_KEY", "false")
             .env("RUST_LOG", "warn")
@@ -149,15 +183,33 @@ async fn main() -> anyhow::Result<()> {
         None
     };
 
+    let pooler_state = match &bouncer {
+        Some(bouncer) => {
+            let servers = bouncer.server_connections("bench", &pool).await;
+            let prepared: usize = servers.iter().map(|s| s.prepared.len()).sum();
+            let listening: usize = servers.iter().map(|s| s.listening.len()).sum();
+            Some((servers.len(), prepared, listening))
+        }
+        None => None,
+    };
     drop(app);
+    drop(bouncer);
+    let _ = std::fs::remove_dir_all(&neon);
     pool.close().await;
     tokio::task::block_in_place(|| cluster.stop());
     let _ = std::fs::remove_dir_all(&dir);
 
     println!();
     println!(
-        "{} connections, {} s each, wrk -t2; idle RSS {:.1} MB",
-        CONNECTIONS, seconds, idle_rss
+        "{} connections, {} s each, wrk -t2; idle RSS {:.1} MB; {}",
+        CONNECTIONS,
+        seconds,
+        idle_rss,
+        if through_pooler {
+            "through PgBouncer (transaction mode)"
+        } else {
+            "straight to Postgres"
+        }
     );
     println!(
         "{:<32} {:>10} {:>9} {:>9} {:>7} {:>12}",
@@ -167,6 +219,11 @@ async fn main() -> anyhow::Result<()> {
         println!(
             "{:<32} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>12.1}",
             row.name, row.rps, row.p50_ms, row.p99_ms, row.errors, row.rss_mb
+        );
+    }
+    if let Some((servers, prepared, listening)) = pooler_state {
+        println!(
+            "on the pooler's {servers} server connections afterwards: {prepared} prepared statements, {listening} LISTENs"
         );
     }
     if let Some((tps, save_tps)) = pgbench_tps {

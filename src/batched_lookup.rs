@@ -11,7 +11,10 @@
 //!
 //! A query that is slow (a dead connection, a database waking up) must not hold every page
 //! behind it: once the one in flight has run for [`STALLED_AFTER`], the next batch goes without
-//! waiting, and the pool's own limit is what bounds them.
+//! waiting, and the pool's own limit is what bounds them. A query whose connection turns out to
+//! be dead (a compute restart) runs once more on another: these are reads
+//! (`db::retry_idempotent`). Connections come from `db::acquire`, which waits for a waking
+//! compute but not long for a busy pool.
 //!
 //! Freshness is unchanged: a lookup joins only a query that has not been sent yet, so every page
 //! still reads the database as it was after its request arrived, including the person's own
@@ -19,7 +22,7 @@
 
 use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
 
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, pool::PoolConnection};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// The most lookups one query answers (a bound on the array sent and the rows returned).
@@ -64,11 +67,12 @@ impl<V> std::fmt::Debug for BatchedLookup<V> {
 }
 
 impl<V: Clone + Send + 'static> BatchedLookup<V> {
-    /// Starts the dispatcher on the current runtime. `fetch` answers a batch: it gets the keys
-    /// and returns the `(key, value)` pairs that exist. `query_timeout` bounds one query.
+    /// Starts the dispatcher on the current runtime. `fetch` answers a batch: it gets a
+    /// connection and the keys, and returns the `(key, value)` pairs that exist; it must only
+    /// read (it may run twice). `query_timeout` bounds one batch, connecting included.
     pub fn start<F, Fut>(db: PgPool, query_timeout: Duration, fetch: F) -> Self
     where
-        F: Fn(PgPool, Vec<String>) -> Fut + Send + Sync + 'static,
+        F: Fn(PoolConnection<Postgres>, Vec<String>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<(String, V)>, sqlx::Error>> + Send + 'static,
     {
         let (queue, lookups) = mpsc::unbounded_channel();
@@ -101,7 +105,7 @@ async fn dispatch<V, F, Fut>(
     fetch: Arc<F>,
 ) where
     V: Clone + Send + 'static,
-    F: Fn(PgPool, Vec<String>) -> Fut + Send + Sync + 'static,
+    F: Fn(PoolConnection<Postgres>, Vec<String>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Vec<(String, V)>, sqlx::Error>> + Send + 'static,
 {
     let turn = Arc::new(Semaphore::new(1));
@@ -125,7 +129,14 @@ async fn dispatch<V, F, Fut>(
             .map(|lookup| lookup.key.clone())
             .filter(|key| !key.contains('\0'))
             .collect();
-        let query = fetch(db.clone(), keys);
+        let (db, fetch) = (db.clone(), fetch.clone());
+        let query = async move {
+            let (db, fetch, keys) = (&db, &*fetch, &keys);
+            crate::db::retry_idempotent(move || async move {
+                fetch(crate::db::acquire(db).await?, keys.clone()).await
+            })
+            .await
+        };
         tokio::spawn(async move {
             let found = match tokio::time::timeout(query_timeout, query).await {
                 Ok(Ok(rows)) => Ok(rows.into_iter().collect::<HashMap<_, _>>()),

@@ -8,6 +8,12 @@ use std::{collections::HashMap, fmt, net::IpAddr, path::PathBuf, time::Duration}
 
 use url::Url;
 
+mod database;
+
+pub use database::{
+    DatabaseUse, DirectSource, PoolMode, TransactionPooler, detect as detect_pooler, endpoint_label,
+};
+
 /// A value that must never be printed: `Debug` and `Display` show `[redacted]`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -135,14 +141,28 @@ pub struct LoginSettings {
     pub scopes: Vec<String>,
 }
 
+/// Where Postgres is and how long to wait for it (see `config/database.rs` for which URL does
+/// what).
 #[derive(Debug, Clone)]
 pub struct DatabaseSettings {
-    /// `DATABASE_URL`; `None` starts a local cluster under `data_dir`.
+    /// `DATABASE_URL`, for requests; `None` starts a local cluster under `data_dir`.
     pub url: Option<Secret>,
-    /// `DATABASE_URL_DIRECT`: unpooled endpoint for migrations, jobs and advisory locks.
+    /// For session-level work (migrations, the sync's run lock, the job queue):
+    /// `DATABASE_URL_DIRECT`, or derived from a pooled `DATABASE_URL`. `None`: `DATABASE_URL`
+    /// keeps sessions and does everything. Never `None` when `pooler` is set.
     pub direct_url: Option<Secret>,
+    pub direct_source: Option<DirectSource>,
+    /// Why `DATABASE_URL` is taken for a transaction-mode pooler, if it is.
+    pub pooler: Option<TransactionPooler>,
     pub max_connections: u32,
+    /// `DATABASE_ACQUIRE_TIMEOUT_MS`: how long a page waits for a connection while every one
+    /// is busy.
     pub acquire_timeout: Duration,
+    /// `DATABASE_CONNECT_TIMEOUT_SECS`: how long opening a connection may take (a suspended
+    /// Neon compute wakes in hundreds of milliseconds, sometimes seconds).
+    pub connect_timeout: Duration,
+    /// `DATABASE_STARTUP_TIMEOUT_SECS`: how long start-up waits for the database to answer.
+    pub startup_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -329,6 +349,12 @@ impl Settings {
             ));
         }
 
+        let endpoints = database::resolve(
+            database_url.as_ref().map(Secret::expose),
+            get("DATABASE_URL_DIRECT").as_deref(),
+            PoolMode::parse(get("DATABASE_POOL_MODE").as_deref())?,
+        )?;
+
         Ok(Self {
             env,
             host,
@@ -340,12 +366,24 @@ impl Settings {
             trust_proxy_headers: parse_bool(&get, "TRUST_PROXY_HEADERS", false)?,
             database: DatabaseSettings {
                 url: database_url,
-                direct_url: get("DATABASE_URL_DIRECT").map(Secret::new),
+                direct_url: endpoints.direct_url,
+                direct_source: endpoints.direct_source,
+                pooler: endpoints.pooler,
                 max_connections: parse_number(&get, "DATABASE_MAX_CONNECTIONS", 10)?,
                 acquire_timeout: Duration::from_millis(parse_number(
                     &get,
                     "DATABASE_ACQUIRE_TIMEOUT_MS",
                     3000,
+                )?),
+                connect_timeout: Duration::from_secs(parse_seconds(
+                    &get,
+                    "DATABASE_CONNECT_TIMEOUT_SECS",
+                    10,
+                )?),
+                startup_timeout: Duration::from_secs(parse_seconds(
+                    &get,
+                    "DATABASE_STARTUP_TIMEOUT_SECS",
+                    60,
                 )?),
             },
             auth,
@@ -565,6 +603,18 @@ fn parse_number<T: std::str::FromStr>(
     }
 }
 
+/// A number of seconds to wait, at least one (zero would fail every attempt at once).
+fn parse_seconds(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: u64,
+) -> Result<u64, ConfigError> {
+    match parse_number(get, var, default)? {
+        0 => Err(ConfigError::new(var, "expected at least 1 (seconds)")),
+        secs => Ok(secs),
+    }
+}
+
 fn parse_bool(
     get: &impl Fn(&str) -> Option<String>,
     var: &'static str,
@@ -650,6 +700,47 @@ mod tests {
         assert_eq!(
             Settings::from_vars(&vars(&p)).unwrap_err().var,
             "DATABASE_URL"
+        );
+    }
+
+    #[test]
+    fn a_pooled_database_url_without_a_direct_one_is_refused_unless_derivable() {
+        let mut p = production();
+        p.retain(|(k, _)| *k != "DATABASE_URL");
+        p.push(("DATABASE_URL", "postgres://u:p@pgbouncer.internal:6432/db"));
+        // Development too: work through the pooler would fail far from its cause.
+        for env in ["production", "development"] {
+            let mut vars = vars(&p);
+            vars.insert("APP_ENV".into(), env.into());
+            let err = Settings::from_vars(&vars).unwrap_err();
+            assert_eq!(err.var, "DATABASE_URL_DIRECT", "{env}");
+        }
+        p.push(("DATABASE_POOL_MODE", "session"));
+        let mut zero = vars(&p);
+        zero.insert("DATABASE_CONNECT_TIMEOUT_SECS".into(), "0".into());
+        assert_eq!(
+            Settings::from_vars(&zero).unwrap_err().var,
+            "DATABASE_CONNECT_TIMEOUT_SECS"
+        );
+        let s = Settings::from_vars(&vars(&p)).unwrap();
+        assert!(s.database.pooler.is_none() && s.database.direct_url.is_none());
+
+        let mut p = production();
+        p.retain(|(k, _)| *k != "DATABASE_URL");
+        p.push((
+            "DATABASE_URL",
+            "postgres://u:p@ep-a-1-pooler.us-east-2.aws.neon.tech/db",
+        ));
+        let s = Settings::from_vars(&vars(&p)).unwrap();
+        assert!(s.database.pooled(DatabaseUse::Requests));
+        assert!(!s.database.pooled(DatabaseUse::Session));
+        assert_eq!(
+            s.database.url_for(DatabaseUse::Session).unwrap().expose(),
+            "postgres://u:p@ep-a-1.us-east-2.aws.neon.tech/db"
+        );
+        assert!(
+            !s.database.describe().contains("u:p"),
+            "no credentials in the log"
         );
     }
 

@@ -29,6 +29,10 @@ pub enum AppError {
     NotFound(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The database could not be reached; the cause (for the log) is a sqlx error's text, which
+    /// never holds a connection string or password.
+    #[error("database unavailable: {0}")]
+    DatabaseUnavailable(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("internal error: {0:#}")]
@@ -48,7 +52,7 @@ impl From<crate::batched_lookup::LookupError> for AppError {
     fn from(err: crate::batched_lookup::LookupError) -> Self {
         use crate::batched_lookup::LookupError;
         match err {
-            LookupError::Unavailable(_) => Self::Unavailable(crate::db::UNAVAILABLE_MESSAGE.into()),
+            LookupError::Unavailable(cause) => Self::DatabaseUnavailable(cause),
             failed @ LookupError::Failed(_) => Self::internal(failed),
         }
     }
@@ -62,6 +66,7 @@ impl AppError {
     /// What a person may read; internal causes stay in the log.
     pub fn public_message(&self) -> String {
         match self {
+            Self::DatabaseUnavailable(_) => crate::db::UNAVAILABLE_MESSAGE.into(),
             Self::Database(err) if crate::db::is_unavailable(err) => {
                 crate::db::UNAVAILABLE_MESSAGE.into()
             }
@@ -83,7 +88,7 @@ impl ResponseError for AppError {
             Self::Unauthorized | Self::SignInRequired => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Database(err) if crate::db::is_unavailable(err) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -121,6 +126,7 @@ impl Audience {
 pub async fn render_errors<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
     let audience = Audience::of(&req);
     let request_id = req.header("x-request-id").map(str::to_owned);
+    let route = crate::observability::RouteTemplate::of(&req);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     // After signing in, a page view returns to the page; an action returns home.
@@ -163,9 +169,15 @@ pub async fn render_errors<E: Endpoint>(next: E, req: Request) -> poem::Result<R
                 None if status.is_server_error() => default_message(status),
                 None => client_message(status, &err.to_string()),
             };
+            if let Some(AppError::Database(db)) = err.downcast_ref::<AppError>()
+                && crate::db::is_connection_lost(db)
+            {
+                // Its neighbours in the pool probably died with it: check them before use.
+                crate::db::note_connection_lost();
+            }
             if status.is_server_error() {
                 tracing::error!(
-                    %method, %path, status = status.as_u16(),
+                    %method, %path, route = route.get(), status = status.as_u16(),
                     request_id = request_id.as_deref().unwrap_or("-"),
                     error = %err,
                     "request failed"

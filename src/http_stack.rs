@@ -68,7 +68,7 @@ pub fn wrap(
         app.into_endpoint()
             .around(move |ep, req| crate::web::body_limit::read_within(ep, req, body_limit))
             .around(crate::error::render_errors)
-            .around(crate::observability::observe)
+            .around(move |ep, req| crate::observability::observe(ep, req, settings.request_timeout))
             .map_to_response()
             .boxed(),
     ));
@@ -90,7 +90,8 @@ pub fn wrap(
                         .get("x-request-id")
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("-");
-                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                    // `route` is filled in once the request is routed (`observability::named`).
+                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id, route = tracing::field::Empty)
                 })
                 // The request's log line comes from `observability::observe`, which knows the
                 // route template and user; this layer only provides the span.

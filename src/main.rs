@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use futures::FutureExt;
 use quotebook::{
-    config::Settings,
+    config::{DatabaseUse, Settings},
     startup::{Application, Database, shutdown_signal},
     telemetry,
     users::{
@@ -145,11 +145,9 @@ async fn serve(settings: Settings, with_worker: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn sync(mut settings: Settings, full: bool) -> anyhow::Result<()> {
-    if let Some(direct) = settings.database.direct_url.clone() {
-        settings.database.url = Some(direct);
-    }
-    let database = Database::open(&settings).await?;
+async fn sync(settings: Settings, full: bool) -> anyhow::Result<()> {
+    // The sync's run lock is a session advisory lock.
+    let database = Database::open(&settings, DatabaseUse::Session).await?;
     let result = async {
         quotebook::db::migrate(&database.pool).await?;
         let issuer = users::management_issuer(&settings)?;
@@ -169,14 +167,12 @@ async fn sync(mut settings: Settings, full: bool) -> anyhow::Result<()> {
     result
 }
 
-async fn worker(mut settings: Settings) -> anyhow::Result<()> {
-    if let Some(direct) = settings.database.direct_url.clone() {
-        settings.database.url = Some(direct);
-    }
+async fn worker(settings: Settings) -> anyhow::Result<()> {
     // The sync records its metrics here, not in the web process: without a recorder and a
     // listener of its own they would be lost.
     quotebook::observability::recorder();
-    let database = Database::open(&settings).await?;
+    // The job queue's LISTEN and locks, and the sync's run lock, need a session of their own.
+    let database = Database::open(&settings, DatabaseUse::Session).await?;
     let result = async {
         quotebook::db::migrate(&database.pool).await?;
         let _metrics = match settings.metrics.addr {
@@ -205,12 +201,10 @@ async fn worker(mut settings: Settings) -> anyhow::Result<()> {
     result
 }
 
-async fn migrate(mut settings: Settings) -> anyhow::Result<()> {
-    // Migrations take a session advisory lock: use the direct (unpooled) endpoint when given.
-    if let Some(direct) = settings.database.direct_url.clone() {
-        settings.database.url = Some(direct);
-    }
-    let database = Database::open(&settings).await?;
+async fn migrate(settings: Settings) -> anyhow::Result<()> {
+    // sqlx holds a session advisory lock while migrating: never through a transaction pooler,
+    // where it would stay with whichever server connection took it.
+    let database = Database::open(&settings, DatabaseUse::Session).await?;
     let result = quotebook::db::migrate(&database.pool).await;
     database.close().await;
     result?;

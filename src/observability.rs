@@ -6,17 +6,29 @@
 
 use std::{
     sync::{Arc, OnceLock},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response};
 use sha2::{Digest, Sha256};
 
-/// Where the matched route writes its template (set by [`named`], read by [`observe`]), so
-/// the label is right even when the handler fails.
+/// Where the matched route writes its template (set by [`named`], read by [`observe`] and the
+/// error renderer), so the label is right even when the handler fails.
 #[derive(Debug, Clone, Default)]
-struct RouteTemplate(Arc<OnceLock<&'static str>>);
+pub struct RouteTemplate(Arc<OnceLock<&'static str>>);
+
+impl RouteTemplate {
+    /// The request's slot (empty outside [`observe`]).
+    pub fn of(req: &Request) -> Self {
+        req.extensions().get::<Self>().cloned().unwrap_or_default()
+    }
+
+    /// The template of the route that matched, or `unmatched` (none did, or none yet).
+    pub fn get(&self) -> &'static str {
+        self.0.get().copied().unwrap_or("unmatched")
+    }
+}
 
 /// A short, stable, non-reversible tag for a user id (attached by the session middleware).
 #[derive(Debug, Clone)]
@@ -40,6 +52,8 @@ where
             if let Some(slot) = req.extensions().get::<RouteTemplate>() {
                 let _ = slot.0.set(template);
             }
+            // Every line logged from here on while serving the request carries its route.
+            tracing::Span::current().record("route", template);
             Ok(req)
         })
 }
@@ -136,41 +150,86 @@ pub fn auth0_api_response(status: Option<u16>) {
     metrics::counter!(names::AUTH0_API_REQUESTS_TOTAL, "status" => status).increment(1);
 }
 
-/// Records the request metrics and writes the request's log line.
-pub async fn observe<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Response> {
-    let started = Instant::now();
+/// Records the request metrics and writes the request's log line. A request dropped before it
+/// was answered is recorded too: after `request_timeout` as the 503 the timeout layer sends,
+/// earlier as 499 (nginx's "client closed request": an HTTP/2 cancel, or the server's shutdown
+/// grace running out; an HTTP/1 request runs to its end even when its client has gone).
+pub async fn observe<E: Endpoint>(
+    next: E,
+    mut req: Request,
+    request_timeout: Duration,
+) -> poem::Result<Response> {
     let template = RouteTemplate::default();
     req.extensions_mut().insert(template.clone());
-    let method = req.method().to_string();
-    let request_id = req.header("x-request-id").unwrap_or("-").to_owned();
-    let in_flight = metrics::gauge!(names::HTTP_REQUESTS_IN_FLIGHT);
-    in_flight.increment(1.0);
-    let result = next.call(req).await.map(IntoResponse::into_response);
-    in_flight.decrement(1.0);
-
-    let response = match result {
-        Ok(response) => response,
+    let mut pending = Pending {
+        started: Instant::now(),
+        method: req.method().to_string(),
+        request_id: req.header("x-request-id").unwrap_or("-").to_owned(),
+        template,
+        request_timeout,
+        answered: false,
+    };
+    metrics::gauge!(names::HTTP_REQUESTS_IN_FLIGHT).increment(1.0);
+    let response = match next.call(req).await {
+        Ok(response) => response.into_response(),
         Err(err) => err.into_response(),
     };
-    let route = template.0.get().copied().unwrap_or("unmatched");
-    let status = response.status().as_u16();
-    let latency = started.elapsed();
-    metrics::counter!(names::HTTP_REQUESTS_TOTAL, "method" => method.clone(), "route" => route, "status" => status.to_string())
-        .increment(1);
-    metrics::histogram!(names::HTTP_REQUEST_DURATION, "method" => method.clone(), "route" => route)
-        .record(latency.as_secs_f64());
     let user = response
         .extensions()
         .get::<UserTag>()
         .map_or("-", |u| u.0.as_str());
-    tracing::info!(
-        method = %method,
-        route,
-        status,
-        latency_ms = (latency.as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
-        request_id = %request_id,
-        user,
-        "request"
-    );
+    pending.record(response.status().as_u16(), user);
     Ok(response)
+}
+
+/// A request being served, recorded once: when answered, or when dropped unanswered.
+struct Pending {
+    started: Instant,
+    method: String,
+    request_id: String,
+    template: RouteTemplate,
+    request_timeout: Duration,
+    answered: bool,
+}
+
+impl Pending {
+    fn record(&mut self, status: u16, user: &str) {
+        self.answered = true;
+        metrics::gauge!(names::HTTP_REQUESTS_IN_FLIGHT).decrement(1.0);
+        let route = self.template.get();
+        let method = self.method.clone();
+        let latency = self.started.elapsed();
+        metrics::counter!(names::HTTP_REQUESTS_TOTAL, "method" => method.clone(), "route" => route, "status" => status.to_string())
+            .increment(1);
+        metrics::histogram!(names::HTTP_REQUEST_DURATION, "method" => method, "route" => route)
+            .record(latency.as_secs_f64());
+        tracing::info!(
+            method = %self.method,
+            route,
+            status,
+            latency_ms = (latency.as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
+            request_id = %self.request_id,
+            user,
+            "request"
+        );
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let timed_out = self.started.elapsed() >= self.request_timeout;
+        if timed_out {
+            tracing::error!(
+                method = %self.method,
+                route = self.template.get(),
+                request_id = %self.request_id,
+                timeout_s = self.request_timeout.as_secs(),
+                "request timed out (REQUEST_TIMEOUT_SECS)"
+            );
+        }
+        self.record(if timed_out { 503 } else { 499 }, "-");
+    }
 }

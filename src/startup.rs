@@ -15,7 +15,7 @@ use crate::{
         session_store::PgSessionStore,
     },
     batched_lookup::BatchedLookup,
-    config::{IdentityProvider, Settings},
+    config::{DatabaseUse, IdentityProvider, Settings},
     db,
     http_stack::{self, StackSettings},
     local_postgres::LocalPostgres,
@@ -42,10 +42,12 @@ pub struct Database {
 }
 
 impl Database {
-    /// Connects to `DATABASE_URL`, or starts the local development cluster under `data_dir`.
-    pub async fn open(settings: &Settings) -> anyhow::Result<Self> {
-        let (options, local) = match &settings.database.url {
-            Some(url) => (db::options_from_url(url.expose())?, None),
+    /// Connects for `what`: requests to `DATABASE_URL`, session-level work to the direct URL
+    /// (`DatabaseSettings::url_for`); or starts the local development cluster under `data_dir`.
+    pub async fn open(settings: &Settings, what: DatabaseUse) -> anyhow::Result<Self> {
+        tracing::info!("database: {}", settings.database.describe());
+        let (options, local) = match settings.database.url_for(what) {
+            Some(url) => (db::options(url, settings.database.pooled(what))?, None),
             None => {
                 let dir = settings.data_dir.join("postgres");
                 let local = tokio::task::block_in_place(|| LocalPostgres::start(&dir))?;
@@ -101,7 +103,7 @@ impl Application {
     /// and binds the listener (port 0 works).
     pub async fn build(mut settings: Settings) -> anyhow::Result<Self> {
         crate::observability::recorder();
-        let database = Database::open(&settings).await?;
+        let database = Database::open(&settings, DatabaseUse::Requests).await?;
         db::migrate_at_start(&database.pool, &settings.database).await?;
 
         let acceptor = TcpListener::bind((settings.host, settings.port))
@@ -243,16 +245,15 @@ impl Application {
     }
 
     /// Starts the sync worker and schedule (apalis) next to the web server, on the direct
-    /// database URL when one is set (job polling and locks need a real session).
+    /// database URL when there is one (the job queue's `LISTEN`, its locks and the sync's run
+    /// lock need a session of their own); otherwise `DATABASE_URL` keeps sessions itself.
     pub async fn spawn_worker(
         &self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
         let settings = &self.settings;
         let pool = match &settings.database.direct_url {
-            Some(url) => {
-                db::connect(db::options_from_url(url.expose())?, &settings.database).await?
-            }
+            Some(url) => db::connect(db::options(url, false)?, &settings.database).await?,
             None => self.database.pool.clone(),
         };
         // In development mode the app started the emulator on a port it chose.

@@ -226,6 +226,8 @@ impl From<sqlx::Error> for ApiProblem {
             return Self::BadRequest(problem(400, "Bad Request", crate::db::BAD_INPUT_MESSAGE));
         }
         if crate::db::is_unavailable(&err) {
+            // The route is on the request's span (`observability::named`).
+            tracing::error!(error = %err, "admin API: the database is unavailable");
             return Self::Unavailable(problem(
                 503,
                 "Service Unavailable",

@@ -6,6 +6,11 @@
 //! (`login_transaction`), so the session starts at the successful callback. Sessions end after an
 //! idle timeout (extended at most once a minute, so reading pages does not write on every
 //! request) or an absolute lifetime counted from the sign-in, whichever comes first.
+//!
+//! A session is read from the store when a handler first asks for it, not before routing:
+//! requests that never need it (assets, health checks) never read the store, and a store that is
+//! slow or down fails only what needs it, inside its route, where the failure is counted and
+//! logged under the route's template.
 
 use std::{
     sync::{Arc, Mutex},
@@ -119,13 +124,83 @@ fn new_session(config: &SessionConfig) -> StoredSession {
 
 impl<'a> FromRequest<'a> for Session {
     async fn from_request(req: &'a Request, _body: &mut RequestBody) -> poem::Result<Self> {
-        req.extensions().get::<Session>().cloned().ok_or_else(|| {
-            AppError::internal(anyhow::anyhow!("session middleware is not installed")).into()
-        })
+        let slot = req.extensions().get::<SessionSlot>().ok_or_else(|| {
+            AppError::internal(anyhow::anyhow!("session middleware is not installed"))
+        })?;
+        slot.get().await.map_err(|failed| failed.error().into())
     }
 }
 
-/// Loads the session named by the cookie, runs the endpoint, then saves what changed.
+/// The request's session, loaded on first use (then shared by every extraction).
+#[derive(Clone)]
+struct SessionSlot {
+    cookie: Option<String>,
+    store: PgSessionStore,
+    config: Arc<SessionConfig>,
+    loaded: Arc<tokio::sync::OnceCell<Result<Session, LoadFailed>>>,
+}
+
+impl SessionSlot {
+    async fn get(&self) -> Result<Session, LoadFailed> {
+        self.loaded
+            .get_or_init(|| async {
+                let loaded = match &self.cookie {
+                    Some(value) => load(&self.store, &self.config, value.clone())
+                        .await
+                        .map_err(|err| LoadFailed::new(&err))?,
+                    None => None,
+                };
+                let session = Session {
+                    state: Arc::new(Mutex::new(State {
+                        session: loaded.clone(),
+                        loaded,
+                        renewed: false,
+                        destroyed: false,
+                        extended: false,
+                    })),
+                    config: self.config.clone(),
+                };
+                extend_if_due(&session);
+                Ok(session)
+            })
+            .await
+            .clone()
+    }
+}
+
+/// The cookie named a session that could not be read (the database is down).
+#[derive(Debug, Clone)]
+struct LoadFailed {
+    unavailable: bool,
+    cause: String,
+}
+
+impl LoadFailed {
+    fn new(err: &AppError) -> Self {
+        Self {
+            unavailable: poem::error::ResponseError::status(err)
+                == poem::http::StatusCode::SERVICE_UNAVAILABLE,
+            cause: match err {
+                AppError::DatabaseUnavailable(cause) => cause.clone(),
+                other => other.to_string(),
+            },
+        }
+    }
+
+    fn error(&self) -> AppError {
+        if self.unavailable {
+            AppError::DatabaseUnavailable(self.cause.clone())
+        } else {
+            AppError::internal(anyhow::anyhow!(
+                "the session could not be loaded: {}",
+                self.cause
+            ))
+        }
+    }
+}
+
+/// Offers the session named by the cookie to the endpoint (loaded when first asked for), then
+/// saves what changed.
 pub struct SessionMiddleware {
     pub store: PgSessionStore,
     pub config: Arc<SessionConfig>,
@@ -133,53 +208,26 @@ pub struct SessionMiddleware {
 
 impl SessionMiddleware {
     pub async fn handle<E: Endpoint>(&self, next: E, mut req: Request) -> poem::Result<Response> {
-        let cookie = cookies::read(&req, self.config.cookie_name);
-        let loaded = match cookie {
-            Some(value) => self.load(value).await?,
-            None => None,
-        };
-        let session = Session {
-            state: Arc::new(Mutex::new(State {
-                session: loaded.clone(),
-                loaded,
-                renewed: false,
-                destroyed: false,
-                extended: false,
-            })),
+        let slot = SessionSlot {
+            cookie: cookies::read(&req, self.config.cookie_name),
+            store: self.store.clone(),
             config: self.config.clone(),
+            loaded: Arc::default(),
         };
-        extend_if_due(&session);
-        req.extensions_mut().insert(session.clone());
+        req.extensions_mut().insert(slot.clone());
 
         let mut response = next.call(req).await?.into_response();
-        if let Some(user) = super::current_user::signed_in_user(&session) {
+        // A session nobody asked for was neither read nor changed.
+        let Some(Ok(session)) = slot.loaded.get() else {
+            return Ok(response);
+        };
+        if let Some(user) = super::current_user::signed_in_user(session) {
             response
                 .extensions_mut()
                 .insert(crate::observability::UserTag::of(&user.sub));
         }
-        self.save(&session, &mut response).await?;
+        self.save(session, &mut response).await?;
         Ok(response)
-    }
-
-    async fn load(&self, cookie_value: String) -> Result<Option<StoredSession>, AppError> {
-        let session = self
-            .store
-            .load_session(cookie_value)
-            .await
-            .map_err(store_error)?;
-        let Some(session) = session else {
-            return Ok(None);
-        };
-        let created = session.get::<i64>(CREATED_AT).unwrap_or(0);
-        let age = Utc::now().timestamp().saturating_sub(created);
-        if age > self.config.absolute_lifetime.as_secs() as i64 {
-            self.store
-                .destroy_session(session)
-                .await
-                .map_err(store_error)?;
-            return Ok(None);
-        }
-        Ok(Some(session))
     }
 
     async fn save(&self, session: &Session, response: &mut Response) -> Result<(), AppError> {
@@ -225,6 +273,29 @@ impl SessionMiddleware {
         }
         Ok(())
     }
+}
+
+/// The stored session named by `cookie_value`, unless it has outlived the absolute lifetime (then
+/// it is deleted).
+async fn load(
+    store: &PgSessionStore,
+    config: &SessionConfig,
+    cookie_value: String,
+) -> Result<Option<StoredSession>, AppError> {
+    let session = store
+        .load_session(cookie_value)
+        .await
+        .map_err(store_error)?;
+    let Some(session) = session else {
+        return Ok(None);
+    };
+    let created = session.get::<i64>(CREATED_AT).unwrap_or(0);
+    let age = Utc::now().timestamp().saturating_sub(created);
+    if age > config.absolute_lifetime.as_secs() as i64 {
+        store.destroy_session(session).await.map_err(store_error)?;
+        return Ok(None);
+    }
+    Ok(Some(session))
 }
 
 /// Pushes the idle expiry forward, at most once a minute, never past the absolute lifetime.

@@ -16,7 +16,7 @@ use std::{
 };
 
 use async_session::{Session, SessionStore};
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, pool::PoolConnection};
 
 use crate::batched_lookup::BatchedLookup;
 
@@ -101,7 +101,7 @@ impl PgSessionStore {
 
 /// The unexpired sessions among `ids` (one batch of `PgSessionStore::fetch`).
 async fn unexpired_sessions(
-    db: PgPool,
+    mut conn: PoolConnection<Postgres>,
     ids: Vec<String>,
 ) -> Result<Vec<(String, serde_json::Value)>, sqlx::Error> {
     sqlx::query_as(
@@ -109,7 +109,7 @@ async fn unexpired_sessions(
          WHERE id = ANY($1) AND (expires_at IS NULL OR expires_at > now())",
     )
     .bind(&ids)
-    .fetch_all(&db)
+    .fetch_all(&mut *conn)
     .await
 }
 
@@ -131,14 +131,17 @@ impl SessionStore for PgSessionStore {
 
     async fn store_session(&self, session: Session) -> async_session::Result<Option<String>> {
         let data = serde_json::to_value(&session)?;
-        sqlx::query(
-            "INSERT INTO sessions (id, expires_at, data) VALUES ($1, $2, $3)
-             ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at, data = EXCLUDED.data",
-        )
-        .bind(session.id())
-        .bind(session.expiry().copied())
-        .bind(&data)
-        .execute(&self.db)
+        // Sets the row to one value, so running it twice is harmless.
+        crate::db::retry_idempotent(|| {
+            sqlx::query(
+                "INSERT INTO sessions (id, expires_at, data) VALUES ($1, $2, $3)
+                 ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at, data = EXCLUDED.data",
+            )
+            .bind(session.id())
+            .bind(session.expiry().copied())
+            .bind(&data)
+            .execute(&self.db)
+        })
         .await?;
         session.reset_data_changed();
         self.remember(session.id(), &data);
@@ -147,10 +150,12 @@ impl SessionStore for PgSessionStore {
 
     async fn destroy_session(&self, session: Session) -> async_session::Result {
         self.forget(session.id());
-        sqlx::query("DELETE FROM sessions WHERE id = $1")
-            .bind(session.id())
-            .execute(&self.db)
-            .await?;
+        crate::db::retry_idempotent(|| {
+            sqlx::query("DELETE FROM sessions WHERE id = $1")
+                .bind(session.id())
+                .execute(&self.db)
+        })
+        .await?;
         Ok(())
     }
 

@@ -1,7 +1,7 @@
 //! `user_messages` queries. The user id always comes from the session, never from a request.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, pool::PoolConnection};
 
 use super::quote::Quote;
 
@@ -51,14 +51,14 @@ pub async fn find(db: &PgPool, user_id: &str) -> Result<Option<StoredQuote>, sql
 
 /// The quotes of several people at once, keyed by user id (for `batched_lookup`).
 pub async fn find_many(
-    db: PgPool,
+    mut conn: PoolConnection<Postgres>,
     user_ids: Vec<String>,
 ) -> Result<Vec<(String, StoredQuote)>, sqlx::Error> {
     let rows: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(
         "SELECT user_id, message, updated_at FROM user_messages WHERE user_id = ANY($1)",
     )
     .bind(&user_ids)
-    .fetch_all(&db)
+    .fetch_all(&mut *conn)
     .await?;
     Ok(rows
         .into_iter()

@@ -26,7 +26,10 @@ pub fn healthz() -> Json<serde_json::Value> {
 /// bring it back.
 #[handler]
 pub async fn readyz(Data(state): Data<&AppState>) -> Response {
-    let check = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.db);
+    // A dead pooled connection is not the database being down: one more try on another.
+    let check = crate::db::retry_idempotent(|| {
+        sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.db)
+    });
     let (database, sign_in) = tokio::join!(
         tokio::time::timeout(Duration::from_secs(1), check),
         state.oidc.status(Duration::from_secs(1)),

@@ -111,15 +111,21 @@ fn instrumented_reader(
     db: &sqlx::PgPool,
     batches: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
 ) -> BatchedLookup<StoredQuote> {
-    BatchedLookup::start(db.clone(), Duration::from_secs(10), move |db, keys| {
-        batches.lock().unwrap().push(keys.len());
-        async move {
-            if keys.iter().any(|k| k == "slow") {
-                sqlx::query("SELECT pg_sleep(1.5)").execute(&db).await?;
+    BatchedLookup::start(
+        db.clone(),
+        Duration::from_secs(10),
+        move |mut conn, keys| {
+            batches.lock().unwrap().push(keys.len());
+            async move {
+                if keys.iter().any(|k| k == "slow") {
+                    sqlx::query("SELECT pg_sleep(1.5)")
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                find_many(conn, keys).await
             }
-            find_many(db, keys).await
-        }
-    })
+        },
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -256,10 +256,6 @@ fn image_and_fly_env_with_the_documented_secrets_make_a_valid_production_config(
             "DATABASE_URL",
             "postgres://u:p@ep-x-pooler.us-east-1.aws.neon.tech/neondb?sslmode=require",
         ),
-        (
-            "DATABASE_URL_DIRECT",
-            "postgres://u:p@ep-x.us-east-1.aws.neon.tech/neondb?sslmode=require",
-        ),
         ("AUTH0_DOMAIN", "tenant.us.auth0.com"),
         ("AUTH0_CLIENT_ID", "client-id"),
         ("AUTH0_CLIENT_SECRET", "client-secret"),
@@ -284,6 +280,14 @@ fn image_and_fly_env_with_the_documented_secrets_make_a_valid_production_config(
         .as_integer()
         .expect("internal_port is an integer");
     assert_eq!(i64::from(settings.port), internal_port);
+    // The README's secrets name only the pooled URL: migrations and the worker get the direct one.
+    assert_eq!(
+        settings
+            .database
+            .url_for(quotebook::config::DatabaseUse::Session)
+            .map(|url| url.expose().to_owned()),
+        Some("postgres://u:p@ep-x.us-east-1.aws.neon.tech/neondb?sslmode=require".to_owned())
+    );
 }
 
 #[tokio::test]

@@ -107,6 +107,14 @@ fn invalid_configuration_exits_with_code_2_naming_the_variable() {
             ],
             "AUTH0_EMULATOR",
         ),
+        // A transaction pooler whose direct endpoint cannot be derived (development too).
+        (
+            &[(
+                "DATABASE_URL",
+                "postgres://app:very-secret-value@pgbouncer.internal:6432/app",
+            )],
+            "DATABASE_URL_DIRECT",
+        ),
     ];
     for (vars, variable) in cases {
         let output = run_binary(vars, &["serve"]);

@@ -18,6 +18,9 @@ use sqlx::{
 };
 use tokio::sync::oneshot;
 
+pub mod pgbouncer;
+pub mod tcp_proxy;
+
 /// The server every test database lives on, and the migrated template.
 pub struct TestCluster {
     pub local: Option<LocalPostgres>,
@@ -95,32 +98,55 @@ impl TestCluster {
 }
 
 static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
+static LOCAL_CLUSTER: OnceLock<TestCluster> = OnceLock::new();
 
 /// Starts (once) the test server and migrates the template database.
 pub fn cluster() -> &'static TestCluster {
-    CLUSTER.get_or_init(|| {
-        std::thread::spawn(|| {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(start_cluster())
-        })
-        .join()
-        .expect("test cluster setup")
-    })
+    CLUSTER.get_or_init(|| init_cluster(std::env::var("TEST_DATABASE_URL").ok()))
 }
 
-async fn start_cluster() -> TestCluster {
-    let (local, server) = match std::env::var("TEST_DATABASE_URL") {
-        Ok(url) => (
+/// A test server this process started itself, whose Unix socket tests can put a pooler or a
+/// proxy in front of: [`cluster`] itself unless `TEST_DATABASE_URL` points elsewhere.
+pub fn local_cluster() -> &'static TestCluster {
+    let shared = cluster();
+    if shared.local.is_some() {
+        return shared;
+    }
+    LOCAL_CLUSTER.get_or_init(|| init_cluster(None))
+}
+
+impl TestCluster {
+    /// The directory holding the local server's Unix socket.
+    pub fn socket_dir(&self) -> &std::path::Path {
+        self.local
+            .as_ref()
+            .map(LocalPostgres::socket_dir)
+            .expect("a local cluster (see local_cluster())")
+    }
+}
+
+fn init_cluster(server_url: Option<String>) -> TestCluster {
+    std::thread::spawn(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(start_cluster(server_url))
+    })
+    .join()
+    .expect("test cluster setup")
+}
+
+async fn start_cluster(server_url: Option<String>) -> TestCluster {
+    let (local, server) = match server_url {
+        Some(url) => (
             None,
             db::options_from_url(&url).expect("TEST_DATABASE_URL is a postgres URL"),
         ),
-        Err(_) => {
+        None => {
             let root = std::env::temp_dir().join("quotebook-tests");
             remove_stale_clusters(&root);
-            let dir = root.join(format!("pg-{}", std::process::id()));
+            let dir = root.join(format!("pg-{}-{}", std::process::id(), random_suffix()));
             let _ = std::fs::remove_dir_all(&dir);
             let local = LocalPostgres::start(&dir).unwrap_or_else(|err| panic!("{err}"));
             let server = local.connect_options("postgres");
@@ -161,6 +187,7 @@ fn remove_stale_clusters(root: &std::path::Path) {
         let Some(pid) = name
             .to_str()
             .and_then(|n| n.strip_prefix("pg-"))
+            .and_then(|p| p.split('-').next())
             .and_then(|p| p.parse::<u32>().ok())
         else {
             continue;
@@ -179,12 +206,16 @@ pub fn random_suffix() -> String {
 /// A running app with its own database.
 pub struct TestApp {
     pub address: String,
+    /// A pool of the test's own, straight to the app's database.
     pub db: PgPool,
+    /// The app's own request pool (through whatever `DATABASE_URL` names).
+    pub app_pool: PgPool,
+    pub db_name: String,
     /// Cookie store on, redirects off: tests follow the flow step by step.
     pub client: reqwest::Client,
     /// The in-process emulator (absent when a test points the app at another issuer).
     pub emulator: Option<quotebook::emulator::Emulator>,
-    db_name: String,
+    cluster: &'static TestCluster,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -218,7 +249,8 @@ impl Drop for TestApp {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        cluster().drop_database(std::mem::take(&mut self.db_name));
+        self.cluster
+            .drop_database(std::mem::take(&mut self.db_name));
     }
 }
 
@@ -293,16 +325,31 @@ pub async fn spawn_app_with_provider(
 }
 
 async fn spawn(extra: &[(&str, &str)], with_worker: bool) -> TestApp {
+    let cluster = cluster();
+    spawn_on(
+        cluster,
+        |db_name| test_vars(&cluster.url(db_name), extra),
+        with_worker,
+    )
+    .await
+}
+
+/// Spawns the app on a fresh database of `cluster`, with the variables `vars` gives for that
+/// database's name (for tests that put a pooler or a proxy in front of it).
+pub async fn spawn_on(
+    cluster: &'static TestCluster,
+    vars: impl FnOnce(&str) -> HashMap<String, String>,
+    with_worker: bool,
+) -> TestApp {
     // Logs only on request (`TEST_LOG=1 cargo test`): a passing run stays readable.
     if std::env::var_os("TEST_LOG").is_some() {
         quotebook::telemetry::init(false);
     }
-    let cluster = cluster();
     let db_name = cluster.create_database().await;
-    let vars = test_vars(&cluster.url(&db_name), extra);
-    let settings = Settings::from_vars(&vars).expect("test settings");
+    let settings = Settings::from_vars(&vars(&db_name)).expect("test settings");
     let app = Application::build(settings).await.expect("app builds");
     let port = app.port();
+    let app_pool = app.db().clone();
     let emulator = app.emulator().cloned();
     let db = PgPoolOptions::new()
         .max_connections(3)
@@ -322,9 +369,11 @@ async fn spawn(extra: &[(&str, &str)], with_worker: bool) -> TestApp {
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
         db,
+        app_pool,
         client: client(),
         emulator,
         db_name,
+        cluster,
         shutdown: Some(tx),
         server: Some(server),
     }
@@ -455,7 +504,7 @@ impl TestApp {
         let emulator = self.emulator.as_ref().expect("the in-process emulator");
         let issuer = emulator.issuer().to_string();
         let vars = test_vars(
-            &cluster().url(&self.db_name),
+            &self.cluster.url(&self.db_name),
             &[
                 ("AUTH0_ISSUER_BASE_URL", issuer.as_str()),
                 ("AUTH0_CLIENT_ID", quotebook::config::DEV_CLIENT_ID),
@@ -482,6 +531,54 @@ impl TestApp {
             .await
             .expect("delete sessions");
         wait_out_the_session_memory().await;
+    }
+
+    /// A fresh client signed in as `email` who has saved `quote` (as htmx saves it).
+    pub async fn signed_in_with_quote(&self, email: &str, quote: &str) -> reqwest::Client {
+        let client = self.signed_in_client(email).await;
+        let token = self.csrf_for(&client).await;
+        let saved = client
+            .put(self.url("/quote"))
+            .header("HX-Request", "true")
+            .header("X-CSRF-Token", &token)
+            .form(&[("message", quote)])
+            .send()
+            .await
+            .expect("save request");
+        assert_eq!(saved.status(), reqwest::StatusCode::OK, "{email} saves");
+        client
+    }
+
+    /// `people` clients, each signed in as a person of their own who has saved a quote, with
+    /// that quote.
+    pub async fn readers_with_quotes(&self, people: usize) -> Vec<(reqwest::Client, String)> {
+        let mut readers = Vec::new();
+        for n in 0..people {
+            let quote = format!("Quote of reader {n}.");
+            let client = self
+                .signed_in_with_quote(&format!("reader{n}@example.com"), &quote)
+                .await;
+            readers.push((client, quote));
+        }
+        readers
+    }
+
+    /// Every reader loads the home page `times` times, all at once, past the one-second session
+    /// memory (so every session is read from the database); each page must show its reader's
+    /// quote.
+    pub async fn read_quotes_at_once(&self, readers: &[(reqwest::Client, String)], times: usize) {
+        tokio::time::sleep(quotebook::auth::session_store::CACHE_TTL + Duration::from_millis(100))
+            .await;
+        let pages = readers.iter().flat_map(|(client, quote)| {
+            (0..times).map(move |_| async move {
+                let page = client.get(self.url("/")).send().await.expect("home");
+                (quote, page.status(), page.text().await.expect("home body"))
+            })
+        });
+        for (quote, status, body) in futures::future::join_all(pages).await {
+            assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+            assert!(body.contains(quote.as_str()), "{quote}: {body}");
+        }
     }
 
     /// The CSRF token of the signed-in home page.

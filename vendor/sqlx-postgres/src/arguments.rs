@@ -158,12 +158,6 @@ impl Arguments for PgArguments {
 }
 
 impl PgArgumentBuffer {
-    /// quotebook patch: true when no encoder deferred work to the described parameter types,
-    /// so the arguments can be bound without describing the statement first.
-    pub(crate) fn has_no_patches(&self) -> bool {
-        self.patches.is_empty()
-    }
-
     pub(crate) fn encode<'q, T>(&mut self, value: T) -> Result<(), BoxDynError>
     where
         T: Encode<'q, Postgres>,

@@ -232,15 +232,18 @@ impl PgConnection {
             // one server connection. Upstream, such statements got a fresh `sqlx_s_N` name that
             // was never closed (statement cache off) or an unnamed statement prepared behind its
             // own Sync, which a pooler may hand to another client before the Bind arrives.
-            let pipelined = metadata_opt.is_none()
-                && !(persistent && self.inner.cache_statement.is_enabled())
-                && arguments.buffer.has_no_patches();
+            let pipelined =
+                metadata_opt.is_none() && !(persistent && self.inner.cache_statement.is_enabled());
 
             let statement = if pipelined {
                 // Resolve parameter types (and the OIDs of array elements declared by name)
                 // before the sequence starts: this may query the catalog.
                 let param_types = self.resolve_types(&arguments.types).await?;
-                arguments.apply_patches(self, &[]).await?;
+                // Parse declares every parameter's type, and the server keeps declared types,
+                // so encoders that adapt to the parameter's type (JSON vs JSONB) adapt to the
+                // declared one: no Describe round trip needed.
+                let declared = arguments.types.clone();
+                arguments.apply_patches(self, &declared).await?;
                 self.wait_until_ready().await?;
 
                 self.inner.stream.write_msg(Parse {
