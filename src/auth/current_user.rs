@@ -42,6 +42,11 @@ pub fn signed_in_user(session: &Session) -> Option<SessionUser> {
     session.get(KEY)
 }
 
+/// The signed-in person of a stored (async-session) session, as the session store writes it.
+pub fn stored_user(session: &async_session::Session) -> Option<SessionUser> {
+    session.get(KEY)
+}
+
 pub fn store_user(session: &Session, user: &SessionUser) -> Result<(), AppError> {
     session.insert(KEY, user)
 }

@@ -9,6 +9,7 @@ pub mod id_token;
 pub mod login_request;
 pub mod login_transaction;
 pub mod oidc;
+pub mod revocation;
 pub mod roles;
 pub mod routes;
 pub mod session;

@@ -131,15 +131,25 @@ impl SessionStore for PgSessionStore {
 
     async fn store_session(&self, session: Session) -> async_session::Result<Option<String>> {
         let data = serde_json::to_value(&session)?;
+        // Whose session this is, so all of a person's (or a provider session's) can be ended
+        // at once (`auth::revocation`).
+        let owner = super::current_user::stored_user(&session);
+        let (user_id, sid) = match &owner {
+            Some(user) => (Some(user.sub.as_str()), user.sid.as_deref()),
+            None => (None, None),
+        };
         // Sets the row to one value, so running it twice is harmless.
         crate::db::retry_idempotent(|| {
             sqlx::query(
-                "INSERT INTO sessions (id, expires_at, data) VALUES ($1, $2, $3)
-                 ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at, data = EXCLUDED.data",
+                "INSERT INTO sessions (id, expires_at, data, user_id, sid) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at,
+                     data = EXCLUDED.data, user_id = EXCLUDED.user_id, sid = EXCLUDED.sid",
             )
             .bind(session.id())
             .bind(session.expiry().copied())
             .bind(&data)
+            .bind(user_id)
+            .bind(sid)
             .execute(&self.db)
         })
         .await?;

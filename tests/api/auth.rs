@@ -826,3 +826,33 @@ async fn a_callback_naming_another_issuer_is_refused_before_the_code_is_used() {
     let done = browser.get(named).send().await.unwrap();
     assert_eq!(done.status(), StatusCode::SEE_OTHER);
 }
+
+#[tokio::test]
+async fn ending_a_persons_sessions_signs_out_every_device_of_theirs_and_no_one_else() {
+    let app = spawn_app().await;
+    let laptop = app.signed_in_client("revoked@example.com").await;
+    let phone = app.signed_in_client("revoked@example.com").await;
+    let bystander = app.signed_in_client("bystander@example.com").await;
+    let sub: String = sqlx::query_scalar("SELECT user_id FROM users WHERE email = $1")
+        .bind("revoked@example.com")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+
+    let ended = quotebook::auth::revocation::end_sessions_of(&app.db, &sub)
+        .await
+        .unwrap();
+    assert_eq!(ended, 2, "both devices' sessions end");
+    helpers::wait_out_the_session_memory().await;
+
+    for device in [&laptop, &phone] {
+        let me = device.get(app.url("/auth/me")).send().await.unwrap();
+        assert_eq!(me.status(), StatusCode::UNAUTHORIZED, "signed out");
+    }
+    let me = bystander.get(app.url("/auth/me")).send().await.unwrap();
+    assert_eq!(
+        me.status(),
+        StatusCode::OK,
+        "another person stays signed in"
+    );
+}
