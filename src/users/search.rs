@@ -18,15 +18,21 @@
 //!   walked in sort order from the cursor through a covering index ([`WALK_ROWS`] of them at
 //!   most, never touching the table): a query that matches often fills its page within a few
 //!   hundred rows. If the walk runs out before the page is full, matches are rare there, and the
-//!   trigram indexes find all of them after the cursor, which are then sorted. Postgres' own
-//!   choice between the two relies on how many rows it expects to match and assumes they are
-//!   spread evenly in email order; both fail for search as you type ("john." is rare but all
-//!   under "j", so walking from "a" reads half the table).
-//! - **Totals.** A sample of about [`SAMPLE_PAGES`] table pages (`TABLESAMPLE SYSTEM`, the same
-//!   pages every time, so the total does not jump while paging) estimates the matches; when the
-//!   estimate is small (under [`EXACT_BELOW`]) they are counted exactly through the indexes, and
-//!   a table that fits in the sample is always counted exactly. Estimates are rounded to two
-//!   significant digits and flagged as such ("about 1.2 million").
+//!   trigram indexes find all of them (counting them on the way), which are then sorted.
+//!   Postgres' own choice between the two relies on how many rows it expects to match and
+//!   assumes they are spread evenly in email order; both fail for search as you type ("john."
+//!   is rare but all under "j", so walking from "a" reads half the table).
+//! - **Totals.** Exact when the trigram indexes found the page. Otherwise a sample of about
+//!   [`SAMPLE_PAGES`] table pages (`TABLESAMPLE SYSTEM`, the same pages every time, so the total
+//!   does not jump while paging) estimates the matches; when the estimate is small (under
+//!   [`EXACT_BELOW`]) they are counted exactly through the indexes, and a table that fits in the
+//!   sample is always counted exactly. Estimates are rounded to two significant digits and
+//!   flagged as such ("about 1.2 million").
+//!
+//! What it cannot do fast: a one- or two-character search in a database whose locale is `C`
+//! (the development cluster's) for a letter beyond ASCII, which `pg_trgm` then treats as a word
+//! separator; and a text with no letter or digit at all (`@`, `'`), which no trigram holds.
+//! Both are answered correctly by walking, however long that takes.
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -35,9 +41,9 @@ use sqlx::PgPool;
 use super::store::{USER_COLUMNS, UserRow};
 
 /// At most this many rows are walked in email order before the trigram indexes take over.
-pub const WALK_ROWS: i64 = 5000;
-/// Table pages (8 KiB each) the total's sample reads: about 10,000 rows of `users`.
-pub const SAMPLE_PAGES: i64 = 800;
+pub const WALK_ROWS: i64 = 20_000;
+/// Table pages (8 KiB each) the total's sample reads: about 5,000 rows of `users`.
+pub const SAMPLE_PAGES: i64 = 400;
 /// Estimated totals under this are counted exactly.
 pub const EXACT_BELOW: i64 = 1000;
 /// Most rows per page.
@@ -57,7 +63,11 @@ pub enum Filter {
     /// Every user.
     All,
     /// A substring of the email or name (`LIKE` pattern, escaped, not yet lowercased).
-    Substring { like: String },
+    /// `email_index` is what the email's trigram index is asked for: the pattern up to the `@`
+    /// when the text has one after a few characters (a whole email is its local part's
+    /// business; the domain's trigrams, `com`, `mai`, ..., are in most rows and reading them
+    /// costs more than everything else), else the pattern itself.
+    Substring { like: String, email_index: String },
     /// A word of the email or name starts with the text (1-2 characters).
     WordStart { like: String, regex: String },
     /// Nothing can match: the text holds a NUL, which Postgres text cannot store.
@@ -74,11 +84,34 @@ impl Filter {
             return Self::Nothing;
         }
         let like = format!("%{}%", escape_like(q));
-        if q.chars().count() < 3 && q.chars().any(|c| c.is_ascii_alphanumeric()) {
+        if q.chars().count() < 3 && q.chars().any(char::is_alphanumeric) {
             let regex = format!("(^|{WORD_SEPARATORS}){}", escape_regex(q));
             return Self::WordStart { like, regex };
         }
-        Self::Substring { like }
+        let email_index = match q.split_once('@') {
+            Some((local, _)) if local.chars().count() >= 3 => format!("%{}@%", escape_like(local)),
+            _ => like.clone(),
+        };
+        Self::Substring { like, email_index }
+    }
+
+    /// Whether the trigram indexes can find matches: a trigram is made of letters and digits.
+    fn indexable(&self) -> bool {
+        match self {
+            Self::Substring { like, .. } => like.chars().any(char::is_alphanumeric),
+            Self::WordStart { .. } => true,
+            Self::All | Self::Nothing => false,
+        }
+    }
+
+    /// The values of `$1` (`LIKE` pattern) and `$2` (word-start regex, or the email index's
+    /// pattern) in the statements below.
+    fn params(&self) -> (Option<&str>, Option<&str>) {
+        match self {
+            Self::Substring { like, email_index } => (Some(like), Some(email_index)),
+            Self::WordStart { like, regex } => (Some(like), Some(regex)),
+            Self::All | Self::Nothing => (None, None),
+        }
     }
 }
 
@@ -162,8 +195,7 @@ pub struct Total {
     pub exact: bool,
 }
 
-/// A page of the users matching `filter` and their total (read at the same time, on two
-/// connections).
+/// A page of the users matching `filter`, and their total.
 pub async fn search(
     db: &PgPool,
     filter: &Filter,
@@ -171,7 +203,13 @@ pub async fn search(
     per_page: u32,
 ) -> Result<(Page, Total), sqlx::Error> {
     let per_page = per_page.clamp(1, MAX_PER_PAGE);
-    tokio::try_join!(page(db, filter, position, per_page), total(db, filter))
+    let (page, counted) = page(db, filter, position, per_page).await?;
+    // A page found through the trigram indexes gathered every match: their count is the total.
+    let total = match counted {
+        Some(count) => Total { count, exact: true },
+        None => total(db, filter).await?,
+    };
+    Ok((page, total))
 }
 
 /// A row found, with its sort key as Postgres computed it (its `lower()` is the one that
@@ -183,6 +221,10 @@ struct Found {
     sort_email: Option<String>,
     /// Whether the row matches (the walk also returns the last row it looked at).
     hit: bool,
+    /// The walk's last row: it stopped at its limit, not at the end of the table.
+    at_limit: bool,
+    /// Every match, when they were all gathered (through the trigram indexes).
+    matched: Option<i64>,
 }
 
 impl Found {
@@ -196,60 +238,73 @@ impl Found {
     }
 }
 
+/// The page, and the number of matches when finding it counted them.
 async fn page(
     db: &PgPool,
     filter: &Filter,
     position: Position,
     per_page: u32,
-) -> Result<Page, sqlx::Error> {
+) -> Result<(Page, Option<i64>), sqlx::Error> {
     let (cursor, number) = match position {
-        Position::First => (None, 0),
-        Position::Offset(0) => (None, 0),
-        Position::Offset(page) => return offset_page(db, filter, page, per_page).await,
+        Position::First | Position::Offset(0) => (None, 0),
+        Position::Offset(page) => {
+            return Ok((offset_page(db, filter, page, per_page).await?, None));
+        }
         Position::Cursor(cursor) => {
             let number = cursor.page;
             (Some(cursor), number)
         }
     };
     if *filter == Filter::Nothing {
-        return Ok(Page {
+        let empty = Page {
             users: Vec::new(),
             number: 0,
             next: None,
             prev: None,
-        });
+        };
+        return Ok((empty, Some(0)));
     }
     let direction = cursor.as_ref().map_or(Direction::After, |c| c.direction);
     // One more than a page tells whether there is another beyond it.
-    let wanted = i64::from(per_page) + 1;
-    let mut found = walk(db, filter, cursor.as_ref(), direction, wanted).await?;
-    if found.len() < wanted as usize && found.walked_all_window {
-        found.rows = from_indexes(db, filter, cursor.as_ref(), direction, wanted).await?;
+    let wanted = per_page as usize + 1;
+    // What no index can find is walked for as long as it takes.
+    let walk_rows = if filter.indexable() {
+        WALK_ROWS
+    } else {
+        i64::MAX
+    };
+    let walked = walk(db, filter, cursor.as_ref(), direction, wanted, walk_rows).await?;
+    let stopped_at_limit = walked.iter().any(|r| r.at_limit);
+    let mut rows: Vec<Found> = walked.into_iter().filter(|r| r.hit).collect();
+    if rows.len() < wanted && stopped_at_limit {
+        rows = from_indexes(db, filter, cursor.as_ref(), direction, wanted).await?;
     }
-    let mut rows = found.rows;
+    rows.truncate(wanted);
+    let counted = rows.first().and_then(|r| r.matched);
     let more = rows.len() > per_page as usize;
     rows.truncate(per_page as usize);
-    match direction {
+    let page = match direction {
         Direction::After => {
             let next = more
                 .then(|| rows.last().map(|r| r.cursor(Direction::After, number + 1)))
                 .flatten();
-            let prev = (number > 0 || cursor.is_some())
+            let prev = cursor
+                .is_some()
                 .then(|| {
                     rows.first()
                         .map(|r| r.cursor(Direction::Before, number.saturating_sub(1)))
                 })
                 .flatten();
-            Ok(Page {
+            Page {
                 users: rows.into_iter().map(|f| f.row).collect(),
                 number,
                 next,
                 prev,
-            })
+            }
         }
+        // Back at the start (rows may have gone meanwhile): the first page, full.
         Direction::Before if !more => {
-            // Back at the start (rows may have gone meanwhile): the first page, full.
-            Box::pin(page(db, filter, Position::First, per_page)).await
+            return Box::pin(page(db, filter, Position::First, per_page)).await;
         }
         Direction::Before => {
             rows.reverse();
@@ -257,26 +312,16 @@ async fn page(
             let prev = rows
                 .first()
                 .map(|r| r.cursor(Direction::Before, number.saturating_sub(1)));
-            Ok(Page {
+            Page {
                 users: rows.into_iter().map(|f| f.row).collect(),
+                // There are rows before these, whatever the cursor counted.
                 number: number.max(1),
                 next,
                 prev,
-            })
+            }
         }
-    }
-}
-
-struct Walked {
-    rows: Vec<Found>,
-    /// The walk reached its row limit: matches beyond it may exist.
-    walked_all_window: bool,
-}
-
-impl Walked {
-    fn len(&self) -> usize {
-        self.rows.len()
-    }
+    };
+    Ok((page, counted))
 }
 
 /// The keyset condition and the order for a direction.
@@ -297,18 +342,32 @@ fn keyset(cursor: Option<&Cursor>, direction: Direction) -> (&'static str, &'sta
     (condition, order)
 }
 
-/// `$1` is the `LIKE` pattern, `$2` the word-start regex; both are lowercased by Postgres.
-fn conditions(filter: &Filter, email: &str, name: &str) -> String {
+/// The match on the walk's index columns (see [`Filter::params`] for `$1` and `$2`; Postgres
+/// lowercases them, as it does the columns).
+fn walk_conditions(filter: &Filter) -> &'static str {
     match filter {
-        Filter::All => "true".into(),
-        Filter::Nothing => "false".into(),
-        Filter::Substring { .. } => {
-            format!("({email} LIKE lower($1) OR {name} LIKE lower($1))")
+        Filter::All => "true",
+        Filter::Nothing => "false",
+        Filter::Substring { .. } => "(w.k2 LIKE lower($1) OR w.k4 LIKE lower($1))",
+        // The substring test first: it is cheaper than the expression, and rarely passes.
+        Filter::WordStart { .. } => {
+            "((w.k2 LIKE lower($1) AND w.k2 ~ lower($2)) \
+              OR (w.k4 LIKE lower($1) AND w.k4 ~ lower($2)))"
         }
-        Filter::WordStart { .. } => format!(
-            "(({email} LIKE lower($1) AND {email} ~ lower($2)) \
-              OR ({name} LIKE lower($1) AND {name} ~ lower($2)))"
-        ),
+    }
+}
+
+/// The match on the table's columns, in the form the trigram indexes serve.
+fn index_conditions(filter: &Filter) -> &'static str {
+    match filter {
+        Filter::All => "true",
+        Filter::Nothing => "false",
+        // `|| ''` keeps the whole pattern out of the index condition: it only rechecks.
+        Filter::Substring { .. } => {
+            "((lower(email) LIKE lower($2) AND (lower(email) || '') LIKE lower($1)) \
+              OR lower(name) LIKE lower($1))"
+        }
+        Filter::WordStart { .. } => "(lower(email) ~ lower($2) OR lower(name) ~ lower($2))",
     }
 }
 
@@ -317,64 +376,58 @@ fn bind_all<'q>(
     filter: &'q Filter,
     cursor: Option<&'q Cursor>,
 ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, Found, sqlx::postgres::PgArguments> {
-    let (like, regex) = match filter {
-        Filter::Substring { like } => (Some(like.as_str()), None),
-        Filter::WordStart { like, regex } => (Some(like.as_str()), Some(regex.as_str())),
-        Filter::All | Filter::Nothing => (None, None),
-    };
+    let (like, second) = filter.params();
     query
         .bind(like)
-        .bind(regex)
+        .bind(second)
         .bind(cursor.map(|c| c.email.is_none()))
         .bind(cursor.map(|c| c.email.clone().unwrap_or_default()))
         .bind(cursor.map(|c| c.user_id.as_str()))
 }
 
-/// Walks up to [`WALK_ROWS`] rows in sort order from the cursor through the covering index and
-/// returns the first `wanted` matches.
+/// Walks up to `walk_rows` rows in sort order from the cursor through the covering index and
+/// returns the first `wanted` matches, or fewer and the row at the walk's limit (not a match)
+/// when the walk stopped there.
 async fn walk(
     db: &PgPool,
     filter: &Filter,
     cursor: Option<&Cursor>,
     direction: Direction,
-    wanted: i64,
-) -> Result<Walked, sqlx::Error> {
+    wanted: usize,
+    walk_rows: i64,
+) -> Result<Vec<Found>, sqlx::Error> {
     let (after, order) = keyset(cursor, direction);
-    let matches = conditions(filter, "w.k2", "w.k4");
-    // The walk's last row comes back even when it does not match (`rn = WALK_ROWS`): it says
-    // the walk stopped at its limit rather than at the end of the table.
+    let matches = walk_conditions(filter);
+    // The walk stops as soon as the page is found (rows stream from the index). Only when it
+    // is not found does the second branch run: the row at the walk's limit, which tells
+    // whether the walk stopped there or at the end of the table.
     let sql = format!(
         "WITH walked AS MATERIALIZED (
-             SELECT user_id, k1, k2, hit, rn FROM (
-                 SELECT w.user_id, w.k1, w.k2, {matches} AS hit,
-                        row_number() OVER (ORDER BY {order}) AS rn
-                 FROM (SELECT user_id, (lower(email) IS NULL) AS k1,
-                              coalesce(lower(email), '') AS k2, coalesce(lower(name), '') AS k4
-                       FROM users WHERE true {after}
-                       ORDER BY {order} LIMIT {WALK_ROWS}) w
-             ) x
-             WHERE hit OR rn = {WALK_ROWS}
-             ORDER BY {order}
+             (SELECT user_id, k1, k2, true AS hit
+              FROM (SELECT user_id, {K1} AS k1, {K2} AS k2, coalesce(lower(name), '') AS k4
+                    FROM users WHERE true {after} ORDER BY {order} LIMIT {walk_rows}) w
+              WHERE {matches} ORDER BY {order} LIMIT $6)
+             UNION ALL
+             (SELECT user_id, {K1}, {K2}, false FROM users WHERE true {after}
+              ORDER BY {K1} {dir}, {K2} {dir}, user_id {dir} OFFSET {walk_rows} - 1 LIMIT 1)
              LIMIT $6
          )
          SELECT {USER_COLUMNS_U}, CASE WHEN walked.k1 THEN NULL ELSE walked.k2 END AS sort_email,
-                walked.hit
+                walked.hit, NOT walked.hit AS at_limit, NULL::bigint AS matched
          FROM walked JOIN users u USING (user_id)
-         ORDER BY {order}",
+         ORDER BY {order}, walked.hit DESC",
         USER_COLUMNS_U = qualified_columns(),
+        K1 = "(lower(email) IS NULL)",
+        K2 = "coalesce(lower(email), '')",
+        dir = match direction {
+            Direction::After => "",
+            Direction::Before => "DESC",
+        },
     );
-    let rows: Vec<Found> = bind_all(sqlx::query_as(sqlx::AssertSqlSafe(sql)), filter, cursor)
-        .bind(wanted + 1)
+    bind_all(sqlx::query_as(sqlx::AssertSqlSafe(sql)), filter, cursor)
+        .bind(wanted as i64)
         .fetch_all(db)
-        .await?;
-    let (hits, last): (Vec<Found>, Vec<Found>) = rows.into_iter().partition(|r| r.hit);
-    let walked_all_window = !last.is_empty() || hits.len() as i64 > wanted;
-    let mut hits = hits;
-    hits.truncate(wanted as usize);
-    Ok(Walked {
-        rows: hits,
-        walked_all_window,
-    })
+        .await
 }
 
 /// All matches after (or before) the cursor, found through the trigram indexes and sorted;
@@ -384,25 +437,29 @@ async fn from_indexes(
     filter: &Filter,
     cursor: Option<&Cursor>,
     direction: Direction,
-    wanted: i64,
+    wanted: usize,
 ) -> Result<Vec<Found>, sqlx::Error> {
     let (after, order) = keyset(cursor, direction);
-    let matches = conditions(filter, "lower(email)", "lower(name)");
-    // MATERIALIZED keeps the planner from walking the sort index instead (see the module doc).
+    let matches = index_conditions(filter);
+    // Every match, then the keyset: given the cursor's range as well, Postgres prefers to walk
+    // that range through the order index (it expects matches to be spread evenly), which is
+    // the walk that just failed. MATERIALIZED keeps the two steps apart.
     let sql = format!(
         "WITH matched AS MATERIALIZED (
-             SELECT user_id, (lower(email) IS NULL) AS k1, coalesce(lower(email), '') AS k2
-             FROM users WHERE {matches} {after}
+             SELECT user_id, email, (lower(email) IS NULL) AS k1, coalesce(lower(email), '') AS k2
+             FROM users WHERE {matches}
          ),
-         page AS MATERIALIZED (SELECT * FROM matched ORDER BY {order} LIMIT $6)
+         page AS MATERIALIZED (
+             SELECT user_id, k1, k2 FROM matched WHERE true {after} ORDER BY {order} LIMIT $6
+         )
          SELECT {USER_COLUMNS_U}, CASE WHEN page.k1 THEN NULL ELSE page.k2 END AS sort_email,
-                true AS hit
+                true AS hit, false AS at_limit, (SELECT count(*) FROM matched) AS matched
          FROM page JOIN users u USING (user_id)
          ORDER BY {order}",
         USER_COLUMNS_U = qualified_columns(),
     );
     bind_all(sqlx::query_as(sqlx::AssertSqlSafe(sql)), filter, cursor)
-        .bind(wanted)
+        .bind(wanted as i64)
         .fetch_all(db)
         .await
 }
@@ -414,10 +471,11 @@ async fn offset_page(
     number: u32,
     per_page: u32,
 ) -> Result<Page, sqlx::Error> {
-    let matches = conditions(filter, "lower(email)", "lower(name)");
+    let matches = index_conditions(filter);
     let sql = format!(
         "SELECT {USER_COLUMNS_U}, CASE WHEN (lower(email) IS NULL) THEN NULL
-                ELSE coalesce(lower(email), '') END AS sort_email, true AS hit
+                ELSE coalesce(lower(email), '') END AS sort_email,
+                true AS hit, false AS at_limit, NULL::bigint AS matched
          FROM users u WHERE {matches}
          ORDER BY {SORT_KEY} LIMIT $6 OFFSET $7",
         USER_COLUMNS_U = qualified_columns(),
@@ -457,7 +515,7 @@ async fn total(db: &PgPool, filter: &Filter) -> Result<Total, sqlx::Error> {
             exact: true,
         });
     }
-    let matches = conditions(filter, "lower(email)", "lower(name)");
+    let matches = index_conditions(filter);
     // The sample's share of the table, in percent: all of it when the table is small.
     let sample = format!(
         "SELECT count(*) AS matches,
@@ -469,10 +527,10 @@ async fn total(db: &PgPool, filter: &Filter) -> Result<Total, sqlx::Error> {
               REPEATABLE (18)
          WHERE {matches}"
     );
-    let (like, regex) = patterns(filter);
+    let (like, second) = filter.params();
     let (sampled, percent): (i64, f64) = sqlx::query_as(sqlx::AssertSqlSafe(sample))
         .bind(like)
-        .bind(regex)
+        .bind(second)
         .fetch_one(db)
         .await?;
     if percent >= 100.0 {
@@ -491,18 +549,10 @@ async fn total(db: &PgPool, filter: &Filter) -> Result<Total, sqlx::Error> {
     let count = format!("SELECT count(*) FROM users WHERE {matches}");
     let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count))
         .bind(like)
-        .bind(regex)
+        .bind(second)
         .fetch_one(db)
         .await?;
     Ok(Total { count, exact: true })
-}
-
-fn patterns(filter: &Filter) -> (Option<&str>, Option<&str>) {
-    match filter {
-        Filter::Substring { like } => (Some(like), None),
-        Filter::WordStart { like, regex } => (Some(like), Some(regex)),
-        Filter::All | Filter::Nothing => (None, None),
-    }
 }
 
 /// 1,234,567 -> 1,200,000; 48,213 -> 48,000.

@@ -11,5 +11,6 @@ mod hardening;
 mod helpers;
 mod observability;
 mod quotes;
+mod search;
 mod sync;
 mod webdriver;
