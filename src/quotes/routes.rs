@@ -160,11 +160,11 @@ pub async fn save(
             );
             Ok(render(state, &session, hx, card, StatusCode::CONFLICT))
         }
-        // The account was removed while this session lived: it must sign in again (which
-        // recreates its `users` row) before it writes anything.
+        // The account was removed while this session lived: the session ends, and signing in
+        // again (which recreates the `users` row) comes before writing anything.
         SaveOutcome::NoUser => {
             session.destroy();
-            Err(AppError::SignInRequired)
+            Ok(htmx::redirect(hx, "/auth/login?next=%2F"))
         }
     }
 }

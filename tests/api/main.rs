@@ -3,6 +3,7 @@
 mod admin;
 mod auth;
 mod batched_lookup;
+mod batched_saves;
 mod browser;
 mod deploy_files;
 mod emulator;
