@@ -328,6 +328,8 @@ impl AdminApi {
     /// same however deep it is). `page=N` still works but is deprecated: it skips rows one by
     /// one, so deep pages are slow on a large tenant.
     #[oai(path = "/users", method = "get")]
+    // poem-openapi takes each query parameter as an argument of its own.
+    #[allow(clippy::too_many_arguments)]
     async fn list_users(
         &self,
         Data(state): Data<&AppState>,

@@ -148,6 +148,15 @@ fn lone_failure(err: &sqlx::Error) -> Answer {
     Err(BatchError::classify(err, "quote save", 1))
 }
 
+/// A row of the save statement: a save written, or a person without a `users` row.
+#[derive(sqlx::FromRow)]
+struct Written {
+    saved: bool,
+    user_id: String,
+    message: Option<String>,
+    updated_at: Option<DateTime<Utc>>,
+}
+
 /// One statement for saves of distinct people, then (only if some lost their precondition) a
 /// read of the rows they lost to.
 async fn write_once(db: &PgPool, saves: &[&Save]) -> Result<Vec<Answer>, sqlx::Error> {
@@ -169,7 +178,7 @@ async fn write_once(db: &PgPool, saves: &[&Save]) -> Result<Vec<Answer>, sqlx::E
     // Rows are inserted in user-id order, so concurrent batches lock rows in one order and
     // cannot deadlock. `users` is joined so a missing row is reported, not a foreign-key error
     // that would fail every save in the statement.
-    let rows: Vec<(bool, String, Option<String>, Option<DateTime<Utc>>)> = sqlx::query_as(
+    let rows: Vec<Written> = sqlx::query_as(
         "WITH input AS (
              SELECT * FROM unnest($1::text[], $2::text[], $3::bool[], $4::timestamptz[])
                  AS t(user_id, message, overwrite, version)
@@ -184,7 +193,7 @@ async fn write_once(db: &PgPool, saves: &[&Save]) -> Result<Vec<Answer>, sqlx::E
                                AND (i.overwrite OR m.updated_at = i.version))
              RETURNING m.user_id, m.message, m.updated_at
          )
-         SELECT true, user_id, message, updated_at FROM saved
+         SELECT true AS saved, user_id, message, updated_at FROM saved
          UNION ALL
          SELECT false, input.user_id, NULL, NULL FROM input
          WHERE NOT EXISTS (SELECT FROM users u WHERE u.user_id = input.user_id)",
@@ -197,7 +206,13 @@ async fn write_once(db: &PgPool, saves: &[&Save]) -> Result<Vec<Answer>, sqlx::E
     .await?;
 
     let mut outcomes: HashMap<String, SaveOutcome> = HashMap::with_capacity(rows.len());
-    for (saved, user_id, message, updated_at) in rows {
+    for Written {
+        saved,
+        user_id,
+        message,
+        updated_at,
+    } in rows
+    {
         let outcome = match (saved, message, updated_at) {
             (true, Some(message), Some(updated_at)) => SaveOutcome::Saved(StoredQuote {
                 message,
