@@ -42,16 +42,15 @@ use super::store::{USER_COLUMNS, UserRow};
 
 /// At most this many rows are walked in email order before the trigram indexes take over.
 pub const WALK_ROWS: i64 = 20_000;
-/// Table pages (8 KiB each) the total's sample reads: about 5,000 rows of `users`.
-pub const SAMPLE_PAGES: i64 = 400;
+/// Pages (8 KiB each) of `user_search` the total's sample reads: about 30,000 rows. Pages, not
+/// rows, are sampled, and rows written together share pages, so the sample is larger than a
+/// row sample would need to be.
+pub const SAMPLE_PAGES: i64 = 300;
 /// Estimated totals under this are counted exactly.
 pub const EXACT_BELOW: i64 = 1000;
 /// Most rows per page.
 pub const MAX_PER_PAGE: u32 = 100;
 
-/// The sort key, as the covering index `users_search_order_idx` (migration
-/// `20261201004000_users_search.sql`) holds it.
-const SORT_KEY: &str = "(lower(email) IS NULL), coalesce(lower(email), ''), user_id";
 /// ASCII spaces and punctuation: what separates the words of an email or a name, as a regular
 /// expression bracket. `pg_trgm` takes a bracket of such characters for a word boundary and so
 /// indexes `(^|[...])jo` by its trigram " jo"; `[^[:alnum:]]` would be too large a set for it.
@@ -324,22 +323,23 @@ async fn page(
     Ok((page, counted))
 }
 
-/// The keyset condition and the order for a direction.
-fn keyset(cursor: Option<&Cursor>, direction: Direction) -> (&'static str, &'static str) {
-    let order = match direction {
-        Direction::After => "k1, k2, user_id",
-        Direction::Before => "k1 DESC, k2 DESC, user_id DESC",
+/// The sort key of `user_search` (the columns of `user_search_order_idx`, migration
+/// `20261201004003`) on columns named `{prefix}no_email` and so on, in a direction.
+fn order_by(prefix: &str, direction: Direction) -> String {
+    let way = match direction {
+        Direction::After => "",
+        Direction::Before => " DESC",
     };
-    let condition = match (cursor, direction) {
+    format!("{prefix}no_email{way}, {prefix}email{way}, {prefix}user_id{way}")
+}
+
+/// The keyset condition on `user_search s` for a cursor.
+fn keyset(cursor: Option<&Cursor>, direction: Direction) -> &'static str {
+    match (cursor, direction) {
         (None, _) => "",
-        (Some(_), Direction::After) => {
-            "AND (lower(email) IS NULL, coalesce(lower(email), ''), user_id) > ($3, $4, $5)"
-        }
-        (Some(_), Direction::Before) => {
-            "AND (lower(email) IS NULL, coalesce(lower(email), ''), user_id) < ($3, $4, $5)"
-        }
-    };
-    (condition, order)
+        (Some(_), Direction::After) => "AND (s.no_email, s.email, s.user_id) > ($3, $4, $5)",
+        (Some(_), Direction::Before) => "AND (s.no_email, s.email, s.user_id) < ($3, $4, $5)",
+    }
 }
 
 /// The match on the walk's index columns (see [`Filter::params`] for `$1` and `$2`; Postgres
@@ -348,11 +348,11 @@ fn walk_conditions(filter: &Filter) -> &'static str {
     match filter {
         Filter::All => "true",
         Filter::Nothing => "false",
-        Filter::Substring { .. } => "(w.k2 LIKE lower($1) OR w.k4 LIKE lower($1))",
+        Filter::Substring { .. } => "(w.email LIKE lower($1) OR w.name LIKE lower($1))",
         // The substring test first: it is cheaper than the expression, and rarely passes.
         Filter::WordStart { .. } => {
-            "((w.k2 LIKE lower($1) AND w.k2 ~ lower($2)) \
-              OR (w.k4 LIKE lower($1) AND w.k4 ~ lower($2)))"
+            "((w.email LIKE lower($1) AND w.email ~ lower($2)) \
+              OR (w.name LIKE lower($1) AND w.name ~ lower($2)))"
         }
     }
 }
@@ -364,10 +364,10 @@ fn index_conditions(filter: &Filter) -> &'static str {
         Filter::Nothing => "false",
         // `|| ''` keeps the whole pattern out of the index condition: it only rechecks.
         Filter::Substring { .. } => {
-            "((lower(email) LIKE lower($2) AND (lower(email) || '') LIKE lower($1)) \
-              OR lower(name) LIKE lower($1))"
+            "((s.email LIKE lower($2) AND (s.email || '') LIKE lower($1)) \
+              OR s.name LIKE lower($1))"
         }
-        Filter::WordStart { .. } => "(lower(email) ~ lower($2) OR lower(name) ~ lower($2))",
+        Filter::WordStart { .. } => "(s.email ~ lower($2) OR s.name ~ lower($2))",
     }
 }
 
@@ -396,33 +396,31 @@ async fn walk(
     wanted: usize,
     walk_rows: i64,
 ) -> Result<Vec<Found>, sqlx::Error> {
-    let (after, order) = keyset(cursor, direction);
+    let after = keyset(cursor, direction);
+    let order = order_by("", direction);
     let matches = walk_conditions(filter);
     // The walk stops as soon as the page is found (rows stream from the index). Only when it
     // is not found does the second branch run: the row at the walk's limit, which tells
     // whether the walk stopped there or at the end of the table.
     let sql = format!(
         "WITH walked AS MATERIALIZED (
-             (SELECT user_id, k1, k2, true AS hit
-              FROM (SELECT user_id, {K1} AS k1, {K2} AS k2, coalesce(lower(name), '') AS k4
-                    FROM users WHERE true {after} ORDER BY {order} LIMIT {walk_rows}) w
+             (SELECT user_id, no_email, email, true AS hit
+              FROM (SELECT s.user_id, s.no_email, s.email, s.name FROM user_search s
+                    WHERE true {after} ORDER BY {SORT_KEY_DIR} LIMIT {walk_rows}) w
               WHERE {matches} ORDER BY {order} LIMIT $6)
              UNION ALL
-             (SELECT user_id, {K1}, {K2}, false FROM users WHERE true {after}
-              ORDER BY {K1} {dir}, {K2} {dir}, user_id {dir} OFFSET {walk_rows} - 1 LIMIT 1)
+             (SELECT s.user_id, s.no_email, s.email, false FROM user_search s WHERE true {after}
+              ORDER BY {SORT_KEY_DIR} OFFSET {walk_rows} - 1 LIMIT 1)
              LIMIT $6
          )
-         SELECT {USER_COLUMNS_U}, CASE WHEN walked.k1 THEN NULL ELSE walked.k2 END AS sort_email,
+         SELECT {USER_COLUMNS_U},
+                CASE WHEN walked.no_email THEN NULL ELSE walked.email END AS sort_email,
                 walked.hit, NOT walked.hit AS at_limit, NULL::bigint AS matched
          FROM walked JOIN users u USING (user_id)
-         ORDER BY {order}, walked.hit DESC",
+         ORDER BY {ordered}, walked.hit DESC",
         USER_COLUMNS_U = qualified_columns(),
-        K1 = "(lower(email) IS NULL)",
-        K2 = "coalesce(lower(email), '')",
-        dir = match direction {
-            Direction::After => "",
-            Direction::Before => "DESC",
-        },
+        SORT_KEY_DIR = order_by("s.", direction),
+        ordered = order_by("walked.", direction),
     );
     bind_all(sqlx::query_as(sqlx::AssertSqlSafe(sql)), filter, cursor)
         .bind(wanted as i64)
@@ -439,24 +437,27 @@ async fn from_indexes(
     direction: Direction,
     wanted: usize,
 ) -> Result<Vec<Found>, sqlx::Error> {
-    let (after, order) = keyset(cursor, direction);
+    let after = keyset(cursor, direction);
     let matches = index_conditions(filter);
     // Every match, then the keyset: given the cursor's range as well, Postgres prefers to walk
     // that range through the order index (it expects matches to be spread evenly), which is
     // the walk that just failed. MATERIALIZED keeps the two steps apart.
     let sql = format!(
         "WITH matched AS MATERIALIZED (
-             SELECT user_id, email, (lower(email) IS NULL) AS k1, coalesce(lower(email), '') AS k2
-             FROM users WHERE {matches}
+             SELECT s.user_id, s.no_email, s.email FROM user_search s WHERE {matches}
          ),
          page AS MATERIALIZED (
-             SELECT user_id, k1, k2 FROM matched WHERE true {after} ORDER BY {order} LIMIT $6
+             SELECT s.user_id, s.no_email, s.email FROM matched s WHERE true {after}
+             ORDER BY {SORT_KEY_DIR} LIMIT $6
          )
-         SELECT {USER_COLUMNS_U}, CASE WHEN page.k1 THEN NULL ELSE page.k2 END AS sort_email,
+         SELECT {USER_COLUMNS_U},
+                CASE WHEN page.no_email THEN NULL ELSE page.email END AS sort_email,
                 true AS hit, false AS at_limit, (SELECT count(*) FROM matched) AS matched
          FROM page JOIN users u USING (user_id)
-         ORDER BY {order}",
+         ORDER BY {ordered}",
         USER_COLUMNS_U = qualified_columns(),
+        SORT_KEY_DIR = order_by("s.", direction),
+        ordered = order_by("page.", direction),
     );
     bind_all(sqlx::query_as(sqlx::AssertSqlSafe(sql)), filter, cursor)
         .bind(wanted as i64)
@@ -473,12 +474,12 @@ async fn offset_page(
 ) -> Result<Page, sqlx::Error> {
     let matches = index_conditions(filter);
     let sql = format!(
-        "SELECT {USER_COLUMNS_U}, CASE WHEN (lower(email) IS NULL) THEN NULL
-                ELSE coalesce(lower(email), '') END AS sort_email,
+        "SELECT {USER_COLUMNS_U}, CASE WHEN s.no_email THEN NULL ELSE s.email END AS sort_email,
                 true AS hit, false AS at_limit, NULL::bigint AS matched
-         FROM users u WHERE {matches}
+         FROM user_search s JOIN users u USING (user_id) WHERE {matches}
          ORDER BY {SORT_KEY} LIMIT $6 OFFSET $7",
         USER_COLUMNS_U = qualified_columns(),
+        SORT_KEY = order_by("s.", Direction::After),
     );
     let mut rows: Vec<Found> = bind_all(sqlx::query_as(sqlx::AssertSqlSafe(sql)), filter, None)
         .bind(i64::from(per_page) + 1)
@@ -520,10 +521,10 @@ async fn total(db: &PgPool, filter: &Filter) -> Result<Total, sqlx::Error> {
     let sample = format!(
         "SELECT count(*) AS matches,
                 (SELECT least(100, 100.0 * {SAMPLE_PAGES}
-                        / greatest(1, pg_relation_size('users') / current_setting('block_size')::bigint)))::float8
+                        / greatest(1, pg_relation_size('user_search') / current_setting('block_size')::bigint)))::float8
                     AS percent
-         FROM users TABLESAMPLE SYSTEM ((SELECT least(100, 100.0 * {SAMPLE_PAGES}
-                 / greatest(1, pg_relation_size('users') / current_setting('block_size')::bigint))))
+         FROM user_search s TABLESAMPLE SYSTEM ((SELECT least(100, 100.0 * {SAMPLE_PAGES}
+                 / greatest(1, pg_relation_size('user_search') / current_setting('block_size')::bigint))))
               REPEATABLE (18)
          WHERE {matches}"
     );
@@ -546,7 +547,7 @@ async fn total(db: &PgPool, filter: &Filter) -> Result<Total, sqlx::Error> {
             exact: false,
         });
     }
-    let count = format!("SELECT count(*) FROM users WHERE {matches}");
+    let count = format!("SELECT count(*) FROM user_search s WHERE {matches}");
     let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count))
         .bind(like)
         .bind(second)

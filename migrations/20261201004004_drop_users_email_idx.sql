@@ -1,3 +1,0 @@
--- no-transaction
--- Only the admin search read it, in the order users_search_order_idx now holds.
-DROP INDEX CONCURRENTLY IF EXISTS users_email_idx;
