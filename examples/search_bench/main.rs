@@ -291,8 +291,9 @@ async fn fill(pool: &PgPool, users: i64) -> anyhow::Result<()> {
 async fn print_sizes(pool: &PgPool) -> anyhow::Result<()> {
     let sizes: Vec<(String, String)> = sqlx::query_as(
         "SELECT relname::text, pg_size_pretty(pg_relation_size(oid)) FROM pg_class
-         WHERE relname = 'users' OR oid IN (SELECT indexrelid FROM pg_index
-                                           WHERE indrelid = 'users'::regclass)
+         WHERE relname IN ('users', 'user_search')
+            OR oid IN (SELECT indexrelid FROM pg_index
+                       WHERE indrelid IN ('users'::regclass, 'user_search'::regclass))
          ORDER BY pg_relation_size(oid) DESC",
     )
     .fetch_all(pool)

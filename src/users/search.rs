@@ -15,15 +15,16 @@
 //!   between two pages are neither lost nor shown twice. (`page=N` still works: an `OFFSET`,
 //!   as slow as it always was on deep pages.)
 //! - **Two ways to find a page, chosen by what is found, not by a guess.** First the rows are
-//!   walked in sort order from the cursor through a covering index ([`WALK_ROWS`] of them at
-//!   most, never touching the table): a query that matches often fills its page within a few
+//!   walked in sort order from the cursor through the covering index of `user_search` (a narrow
+//!   copy of every user's lowercased email and name, kept by triggers; [`WALK_ROWS`] rows at
+//!   most, read from the index alone): a query that matches often fills its page within a few
 //!   hundred rows. If the walk runs out before the page is full, matches are rare there, and the
 //!   trigram indexes find all of them (counting them on the way), which are then sorted.
 //!   Postgres' own choice between the two relies on how many rows it expects to match and
 //!   assumes they are spread evenly in email order; both fail for search as you type ("john."
 //!   is rare but all under "j", so walking from "a" reads half the table).
 //! - **Totals.** Exact when the trigram indexes found the page. Otherwise a sample of about
-//!   [`SAMPLE_PAGES`] table pages (`TABLESAMPLE SYSTEM`, the same pages every time, so the total
+//!   [`SAMPLE_PAGES`] pages of `user_search` (`TABLESAMPLE SYSTEM`, the same pages every time, so the total
 //!   does not jump while paging) estimates the matches; when the estimate is small (under
 //!   [`EXACT_BELOW`]) they are counted exactly through the indexes, and a table that fits in the
 //!   sample is always counted exactly. Estimates are rounded to two significant digits and
@@ -342,7 +343,7 @@ fn keyset(cursor: Option<&Cursor>, direction: Direction) -> &'static str {
     }
 }
 
-/// The match on the walk's index columns (see [`Filter::params`] for `$1` and `$2`; Postgres
+/// The match on the walk's index columns (and the total's sample) (see [`Filter::params`] for `$1` and `$2`; Postgres
 /// lowercases them, as it does the columns).
 fn walk_conditions(filter: &Filter) -> &'static str {
     match filter {
@@ -516,17 +517,17 @@ async fn total(db: &PgPool, filter: &Filter) -> Result<Total, sqlx::Error> {
             exact: true,
         });
     }
-    let matches = index_conditions(filter);
-    // The sample's share of the table, in percent: all of it when the table is small.
+    // The sample's share of the table, in percent: all of it when the table is small. Its rows
+    // are tested as the walk tests them (no index helps here).
+    let share = format!(
+        "(SELECT least(100, 100.0 * {SAMPLE_PAGES} / greatest(1,
+             pg_relation_size('user_search') / current_setting('block_size')::bigint)))"
+    );
     let sample = format!(
-        "SELECT count(*) AS matches,
-                (SELECT least(100, 100.0 * {SAMPLE_PAGES}
-                        / greatest(1, pg_relation_size('user_search') / current_setting('block_size')::bigint)))::float8
-                    AS percent
-         FROM user_search s TABLESAMPLE SYSTEM ((SELECT least(100, 100.0 * {SAMPLE_PAGES}
-                 / greatest(1, pg_relation_size('user_search') / current_setting('block_size')::bigint))))
-              REPEATABLE (18)
-         WHERE {matches}"
+        "SELECT count(*) AS matches, {share}::float8 AS percent
+         FROM user_search w TABLESAMPLE SYSTEM ({share}) REPEATABLE (18)
+         WHERE {matches}",
+        matches = walk_conditions(filter),
     );
     let (like, second) = filter.params();
     let (sampled, percent): (i64, f64) = sqlx::query_as(sqlx::AssertSqlSafe(sample))
@@ -547,7 +548,10 @@ async fn total(db: &PgPool, filter: &Filter) -> Result<Total, sqlx::Error> {
             exact: false,
         });
     }
-    let count = format!("SELECT count(*) FROM user_search s WHERE {matches}");
+    let count = format!(
+        "SELECT count(*) FROM user_search s WHERE {matches}",
+        matches = index_conditions(filter)
+    );
     let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count))
         .bind(like)
         .bind(second)

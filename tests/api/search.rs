@@ -430,3 +430,70 @@ async fn cursors_are_checked_and_the_document_describes_them() {
         assert!(page_schema[field].is_object(), "UsersPage.{field}");
     }
 }
+
+#[tokio::test]
+async fn the_search_copy_follows_every_write_and_skips_unchanged_rows() {
+    let app = admin_app().await;
+    let upsert = |id: &'static str, email: Option<&'static str>, name: &'static str| {
+        sqlx::query(
+            "INSERT INTO users (user_id, email, name) VALUES ($1, $2, $3)
+             ON CONFLICT (user_id) DO UPDATE
+                 SET email = EXCLUDED.email, name = EXCLUDED.name, synced_at = now()",
+        )
+        .bind(id)
+        .bind(email)
+        .bind(name)
+    };
+    let copy = |id: &'static str| {
+        sqlx::query_as::<_, (bool, String, Option<String>, String)>(
+            "SELECT no_email, email, name, xmin::text FROM user_search WHERE user_id = $1",
+        )
+        .bind(id)
+    };
+    upsert("auth0|a", Some("Ann@Example.com"), "Ann Lee")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let (no_email, email, name, written) = copy("auth0|a").fetch_one(&app.db).await.unwrap();
+    assert_eq!(
+        (no_email, email.as_str(), name.as_deref()),
+        (false, "ann@example.com", Some("ann lee"))
+    );
+
+    // A sync rewriting the row as it was leaves the copy alone.
+    upsert("auth0|a", Some("Ann@Example.com"), "Ann Lee")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE users SET logins_count = 3 WHERE user_id = 'auth0|a'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(copy("auth0|a").fetch_one(&app.db).await.unwrap().3, written);
+
+    // A new name or email reaches it in the same statement.
+    upsert("auth0|a", None, "Ann Lee-Smith")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let (no_email, email, name, _) = copy("auth0|a").fetch_one(&app.db).await.unwrap();
+    assert_eq!(
+        (no_email, email.as_str(), name.as_deref()),
+        (true, "", Some("ann lee-smith"))
+    );
+    let found = users(&app, &[("q", "lee-sm")]).await;
+    assert_eq!(ids(&found), ["auth0|a"]);
+
+    // A deleted user leaves it too.
+    sqlx::query("DELETE FROM users WHERE user_id = 'auth0|a'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    assert!(
+        copy("auth0|a")
+            .fetch_optional(&app.db)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
