@@ -2,19 +2,27 @@
 //! [`crate::batched_lookup`] (page reads) and [`crate::quotes::batched_saves`] (quote saves).
 //!
 //! Requests queue on a channel; the dispatcher takes whatever has queued (never waiting for
-//! more) and hands it to the batch function as one batch. On a database next door the batch in
-//! flight is waited for, so everything that arrives meanwhile rides on the next one: on a 2-core
-//! machine one query at a time beat two or four (measured with `examples/web_bench`), because
-//! each query wakes a Postgres backend and costs context switches. On a database a network hop
-//! away (Neon) that wait would add up to a whole round trip to every request, and one batch at a
-//! time would cap throughput at batch size / round trip: so once the latest batch has been out
-//! for [`OVERLAP_AFTER`], the next one goes without waiting. Nearby, batches finish well within
-//! it and still go one at a time; far away, a few overlap and each request waits at most
-//! `OVERLAP_AFTER` (plus the timer's millisecond) before its batch leaves. The same rule keeps a
-//! stalled query (a dead connection, a database waking up) from holding everything behind it;
-//! the pool's own limit bounds how many batches can run.
+//! more) and hands it to the batch function as one batch. When the next batch leaves decides
+//! both latency and throughput:
+//!
+//! - **Next to the database** it waits for the batch in flight, so everything that arrives
+//!   meanwhile rides on the next one: on a 2-core machine one query at a time beat two or four
+//!   (measured with `examples/web_bench`), because each query wakes a Postgres backend and costs
+//!   context switches.
+//! - **A network hop away** (Neon; every recent batch took longer than [`FAR_AFTER`]) that wait
+//!   would add up to a whole round trip to every request, and one batch at a time would cap
+//!   throughput at batch size / round trip: up to [`FAR_IN_FLIGHT`] batches are out at once,
+//!   each taking what is ready when it leaves.
+//! - **Either way** a batch stops waiting once the latest one has been out [`OVERLAP_AFTER`]
+//!   (plus the timer's millisecond), which also keeps a stalled query (a dead connection, a
+//!   database waking up) from holding everything behind it; the pool's own limit bounds how many
+//!   batches run.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use tokio::{
     sync::{mpsc, oneshot, watch},
@@ -24,6 +32,10 @@ use tokio::{
 /// How long the latest batch may be out before the next one stops waiting for it. Above a
 /// nearby query's fraction of a millisecond; a small part of a remote round trip.
 pub const OVERLAP_AFTER: Duration = Duration::from_millis(1);
+/// Batches that never take less than this are a network hop away.
+pub const FAR_AFTER: Duration = Duration::from_micros(1500);
+/// How many batches may be out at once, a network hop away.
+pub const FAR_IN_FLIGHT: usize = 4;
 
 struct Pending<Req, Resp> {
     request: Req,
@@ -125,11 +137,23 @@ async fn dispatch<Req, Resp, F, Fut>(
 {
     let (in_flight, mut idle) = watch::channel(0usize);
     let mut last_departure: Option<Instant> = None;
+    let durations = Arc::new(Mutex::new(RecentDurations::default()));
     while let Some(first) = pending.recv().await {
+        // Near the database, a batch waits for the one in flight, so everything arriving
+        // meanwhile rides on the next. A round trip away (every recent batch took longer than
+        // FAR_AFTER), waiting would add up to a whole round trip: a few go out at once, gathering
+        // only what is ready now. Either way the wait ends once the latest batch has been out
+        // OVERLAP_AFTER.
+        let far = durations.lock().map(|d| d.least()).unwrap_or_default() > FAR_AFTER;
+        let free = if far {
+            tokio::task::yield_now().await;
+            FAR_IN_FLIGHT
+        } else {
+            1
+        };
         if let Some(departed) = last_departure {
-            // Waiting is what lets a batch grow; the deadline is what bounds the wait.
-            let _ =
-                tokio::time::timeout_at(departed + OVERLAP_AFTER, idle.wait_for(|n| *n == 0)).await;
+            let _ = tokio::time::timeout_at(departed + OVERLAP_AFTER, idle.wait_for(|n| *n < free))
+                .await;
         }
         let mut batch = vec![first];
         while batch.len() < max_batch
@@ -141,15 +165,43 @@ async fn dispatch<Req, Resp, F, Fut>(
         in_flight.send_modify(|n| *n += 1);
         let done = InFlight(in_flight.clone());
         let run = Arc::clone(&run);
+        let durations = Arc::clone(&durations);
+        let departed = Instant::now();
         tokio::spawn(async move {
             let (requests, replies): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|p| (p.request, p.reply)).unzip();
             let answers = run(requests).await;
+            if let Ok(mut durations) = durations.lock() {
+                durations.push(departed.elapsed());
+            }
             drop(done);
             for (reply, answer) in replies.into_iter().zip(answers) {
                 let _ = reply.send(answer);
             }
         });
+    }
+}
+
+/// How long the last few batches took, from leaving to their answers.
+#[derive(Default)]
+struct RecentDurations {
+    ring: [Duration; 16],
+    next: usize,
+}
+
+impl RecentDurations {
+    fn push(&mut self, took: Duration) {
+        self.ring[self.next % self.ring.len()] = took;
+        self.next += 1;
+    }
+
+    /// The shortest: a floor that CPU contention on this machine does not raise, while a
+    /// network round trip does. Zero until the ring is full.
+    fn least(&self) -> Duration {
+        if self.next < self.ring.len() {
+            return Duration::ZERO;
+        }
+        self.ring.iter().copied().min().unwrap_or_default()
     }
 }
 
@@ -159,5 +211,28 @@ struct InFlight(watch::Sender<usize>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_floor_is_the_shortest_of_the_last_batches_once_there_are_enough() {
+        let mut recent = RecentDurations::default();
+        for _ in 0..15 {
+            recent.push(Duration::from_millis(5));
+        }
+        assert_eq!(recent.least(), Duration::ZERO, "too few to judge");
+        recent.push(Duration::from_millis(7));
+        assert_eq!(recent.least(), Duration::from_millis(5));
+        // One quick batch among slow ones (the database came nearer, or a slow one was CPU).
+        recent.push(Duration::from_micros(300));
+        assert_eq!(recent.least(), Duration::from_micros(300));
+        for _ in 0..16 {
+            recent.push(Duration::from_millis(6));
+        }
+        assert_eq!(recent.least(), Duration::from_millis(6));
     }
 }
