@@ -11,7 +11,8 @@
 //! starts it again). The database has the locale `--locale` (default `C.UTF-8`, where letters
 //! beyond ASCII are letters to `lower()` and `pg_trgm`; `C` is what the development cluster
 //! uses). The app's migrations create the indexes; the fill goes through them, as a sync would,
-//! and is followed by `VACUUM ANALYZE` (autovacuum's steady state).
+//! and is followed by `VACUUM ANALYZE` of `users` and `user_search` (autovacuum's steady state;
+//! until it has run after a large sync, index-only walks still visit the table).
 
 use std::time::Instant;
 
