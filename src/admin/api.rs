@@ -339,29 +339,24 @@ impl AdminApi {
         /// two: the start of a word of either (words are separated by spaces and punctuation).
         #[oai(validator(max_length = 200))]
         q: Query<Option<String>>,
-        /// Page number, from 0 (deprecated: use `cursor`). Not together with `cursor`.
+        /// Page number, from 0 (deprecated: use `cursor`). Ignored when `cursor` is given.
         #[oai(deprecated, validator(minimum(value = "0"), maximum(value = "100000")))]
         page: Query<Option<u32>>,
         /// Users per page (1-100, default 25).
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         per_page: Query<Option<u32>>,
-        /// `next_cursor` or `prev_cursor` from an earlier page, as received.
+        /// `next_cursor` or `prev_cursor` from an earlier page, as received (404 for any other).
         #[oai(validator(max_length = 2000))]
         cursor: Query<Option<String>>,
     ) -> ApiResult<Json<UsersPage>> {
         access::authorize(req, &session, &state.settings, false)?;
-        let position = match (page.0, cursor.0.as_deref()) {
-            (Some(_), Some(_)) => {
-                return Err(ApiProblem::BadRequest(problem(
-                    400,
-                    "Bad Request",
-                    "Send either `cursor` or `page`, not both.",
-                )));
-            }
-            (_, Some(raw)) => Position::Cursor(Cursor::decode(raw).map_err(|err| {
-                ApiProblem::BadRequest(problem(400, "Bad Request", format!("`cursor`: {err}.")))
+        // A cursor names a page; one this API never handed out names none (404, as any
+        // well-formed address that leads nowhere).
+        let position = match (cursor.0.as_deref(), page.0) {
+            (Some(raw), _) => Position::Cursor(Cursor::decode(raw).map_err(|err| {
+                ApiProblem::NotFound(problem(404, "Not Found", format!("`cursor`: {err}.")))
             })?),
-            (Some(page), None) => Position::Offset(page),
+            (None, Some(page)) => Position::Offset(page),
             (None, None) => Position::First,
         };
         let per_page = per_page.0.unwrap_or(25);

@@ -414,19 +414,32 @@ async fn walk(
               ORDER BY {SORT_KEY_DIR} OFFSET {walk_rows} - 1 LIMIT 1)
              LIMIT $6
          )
-         SELECT {USER_COLUMNS_U},
-                CASE WHEN walked.no_email THEN NULL ELSE walked.email END AS sort_email,
-                walked.hit, NOT walked.hit AS at_limit, NULL::bigint AS matched
-         FROM walked JOIN users u USING (user_id)
-         ORDER BY {ordered}, walked.hit DESC",
-        USER_COLUMNS_U = qualified_columns(),
+         {rows}",
         SORT_KEY_DIR = order_by("s.", direction),
-        ordered = order_by("walked.", direction),
+        rows = found_rows(
+            "walked",
+            "walked.hit, NOT walked.hit",
+            "NULL::bigint",
+            direction
+        ),
     );
     bind_all(sqlx::query_as(sqlx::AssertSqlSafe(sql)), filter, cursor)
         .bind(wanted as i64)
         .fetch_all(db)
         .await
+}
+
+/// The `users` rows of the ids in `from` (with `no_email` and `email`), as [`Found`]s in
+/// `direction`; `hit_and_at_limit` and `matched` give those columns.
+fn found_rows(from: &str, hit_and_at_limit: &str, matched: &str, direction: Direction) -> String {
+    format!(
+        "SELECT {columns}, CASE WHEN {from}.no_email THEN NULL ELSE {from}.email END AS sort_email,
+                {hit_and_at_limit} AS at_limit, {matched} AS matched
+         FROM {from} JOIN users u USING (user_id)
+         ORDER BY {ordered}",
+        columns = qualified_columns(),
+        ordered = order_by(&format!("{from}."), direction),
+    )
 }
 
 /// All matches after (or before) the cursor, found through the trigram indexes and sorted;
@@ -451,14 +464,14 @@ async fn from_indexes(
              SELECT s.user_id, s.no_email, s.email FROM matched s WHERE true {after}
              ORDER BY {SORT_KEY_DIR} LIMIT $6
          )
-         SELECT {USER_COLUMNS_U},
-                CASE WHEN page.no_email THEN NULL ELSE page.email END AS sort_email,
-                true AS hit, false AS at_limit, (SELECT count(*) FROM matched) AS matched
-         FROM page JOIN users u USING (user_id)
-         ORDER BY {ordered}",
-        USER_COLUMNS_U = qualified_columns(),
+         {rows}",
         SORT_KEY_DIR = order_by("s.", direction),
-        ordered = order_by("page.", direction),
+        rows = found_rows(
+            "page",
+            "true AS hit, false",
+            "(SELECT count(*) FROM matched)",
+            direction
+        ),
     );
     bind_all(sqlx::query_as(sqlx::AssertSqlSafe(sql)), filter, cursor)
         .bind(wanted as i64)

@@ -381,14 +381,15 @@ async fn cursors_are_checked_and_the_document_describes_them() {
             .get(app.url(path))
             .header("Authorization", format!("Bearer {TOKEN}"))
     };
+    // A cursor this API never handed out names no page.
     for path in [
         "/api/admin/users?cursor=not-a-cursor",
         "/api/admin/users?cursor=eyJkIjoiYSJ9",
-        "/api/admin/users?cursor=&page=1",
+        "/api/admin/users?cursor=",
         "/api/admin/users?page=1&cursor=eyJkIjoiYSJ9",
     ] {
         let response = bearer(path).send().await.unwrap();
-        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
         assert_eq!(
             response.headers()["content-type"],
             "application/problem+json"
@@ -399,6 +400,19 @@ async fn cursors_are_checked_and_the_document_describes_them() {
             "{problem}"
         );
     }
+    // With a cursor, `page` is ignored.
+    insert(
+        &app,
+        &[
+            ("auth0|one".into(), Some("one@example.com".into()), None),
+            ("auth0|two".into(), Some("two@example.com".into()), None),
+        ],
+    )
+    .await;
+    let first = users(&app, &[("per_page", "1")]).await;
+    let next = first["next_cursor"].as_str().unwrap();
+    let second = users(&app, &[("per_page", "1"), ("page", "7"), ("cursor", next)]).await;
+    assert_eq!(ids(&second), ["auth0|two"]);
     let admin = app.signed_in_client("admin@example.com").await;
     let page = admin
         .get(app.url("/admin/users?cursor=garbage"))
