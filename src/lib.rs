@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod auth;
 pub mod batched_lookup;
+pub mod batching;
 pub mod config;
 pub mod db;
 #[cfg(feature = "emulator")]

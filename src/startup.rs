@@ -20,7 +20,7 @@ use crate::{
     http_stack::{self, StackSettings},
     local_postgres::LocalPostgres,
     observability::named,
-    quotes::{self, queries::StoredQuote},
+    quotes::{self, batched_saves::BatchedSaves, queries::StoredQuote},
     web,
 };
 
@@ -33,6 +33,8 @@ pub struct AppState {
     pub sessions: PgSessionStore,
     /// Quote reads for pages, batched (see `batched_lookup`).
     pub quotes: BatchedLookup<StoredQuote>,
+    /// Quote saves, batched (see `quotes::batched_saves`).
+    pub saves: BatchedSaves,
 }
 
 /// The database the app uses, and the local cluster behind it when we started one.
@@ -171,6 +173,7 @@ impl Application {
                 settings.request_timeout,
                 quotes::queries::find_many,
             ),
+            saves: BatchedSaves::start(database.pool.clone(), settings.request_timeout),
         };
         let sessions = SessionMiddleware {
             store: session_store,

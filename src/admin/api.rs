@@ -16,6 +16,7 @@ use crate::{
     auth::session::Session,
     startup::AppState,
     users::{
+        search::{self, Cursor, Filter, Position},
         store::{self, UserRow},
         sync_runs::{self, SyncMode, SyncRun, SyncTrigger},
     },
@@ -138,12 +139,22 @@ impl From<UserRow> for UserView {
     }
 }
 
+/// A page of users in email order (lowercased; users without an email last), then `user_id`.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct UsersPage {
     pub users: Vec<UserView>,
+    /// The number of this page, from 0 (counted along the cursors).
     pub page: u32,
     pub per_page: u32,
+    /// How many users match: exact when `total_exact`, otherwise an estimate rounded to two
+    /// significant digits (large results are estimated from a sample rather than counted).
     pub total: i64,
+    pub total_exact: bool,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+    /// Pass as `cursor` for the previous page; absent on the first page.
+    pub prev_cursor: Option<String>,
 }
 
 /// RFC 9457 problem details.
@@ -318,31 +329,53 @@ impl AdminApi {
     }
 
     /// Users, searchable by email or name.
+    ///
+    /// Pages are read with cursors: follow `next_cursor` / `prev_cursor` (every page costs the
+    /// same however deep it is). `page=N` still works but is deprecated: it skips rows one by
+    /// one, so deep pages are slow on a large tenant.
     #[oai(path = "/users", method = "get")]
+    // poem-openapi takes each query parameter as an argument of its own.
+    #[allow(clippy::too_many_arguments)]
     async fn list_users(
         &self,
         Data(state): Data<&AppState>,
         req: &Request,
         session: Session,
-        /// Case-insensitive substring of the email or name.
+        /// Three or more characters: a case-insensitive substring of the email or name. One or
+        /// two: the start of a word of either (words are separated by spaces and punctuation).
         #[oai(validator(max_length = 200))]
         q: Query<Option<String>>,
-        /// Page number, from 0.
-        #[oai(validator(minimum(value = "0"), maximum(value = "100000")))]
+        /// Page number, from 0 (deprecated: use `cursor`). Ignored when `cursor` is given.
+        #[oai(deprecated, validator(minimum(value = "0"), maximum(value = "100000")))]
         page: Query<Option<u32>>,
         /// Users per page (1-100, default 25).
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         per_page: Query<Option<u32>>,
+        /// `next_cursor` or `prev_cursor` from an earlier page, as received (404 for any other).
+        #[oai(validator(max_length = 2000))]
+        cursor: Query<Option<String>>,
     ) -> ApiResult<Json<UsersPage>> {
         access::authorize(req, &session, &state.settings, false)?;
-        let page = page.0.unwrap_or(0);
+        // A cursor names a page; one this API never handed out names none (404, as any
+        // well-formed address that leads nowhere).
+        let position = match (cursor.0.as_deref(), page.0) {
+            (Some(raw), _) => Position::Cursor(Cursor::decode(raw).map_err(|err| {
+                ApiProblem::NotFound(problem(404, "Not Found", format!("`cursor`: {err}.")))
+            })?),
+            (None, Some(page)) => Position::Offset(page),
+            (None, None) => Position::First,
+        };
         let per_page = per_page.0.unwrap_or(25);
-        let (rows, total) = store::search(&state.db, q.0.as_deref(), page, per_page).await?;
+        let filter = Filter::parse(q.0.as_deref());
+        let (page, total) = search::search(&state.db, &filter, position, per_page).await?;
         Ok(Json(UsersPage {
-            users: rows.into_iter().map(Into::into).collect(),
-            page,
+            users: page.users.into_iter().map(Into::into).collect(),
+            page: page.number,
             per_page,
-            total,
+            total: total.count,
+            total_exact: total.exact,
+            next_cursor: page.next.map(|c| c.encode()),
+            prev_cursor: page.prev.map(|c| c.encode()),
         }))
     }
 

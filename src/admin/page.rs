@@ -15,7 +15,8 @@ use crate::{
     error::{AppError, AppResult},
     startup::AppState,
     users::{
-        store::{self, UserRow},
+        search::{self, Cursor, Filter, Position},
+        store::UserRow,
         sync_runs::{self, SyncMode, SyncRun, SyncTrigger},
     },
     web::{
@@ -32,6 +33,9 @@ const STOP_POLLING: u16 = 286;
 #[derive(Debug, Default, Deserialize)]
 pub struct UsersQuery {
     q: Option<String>,
+    /// Where the page starts (the table's Previous/Next links).
+    cursor: Option<String>,
+    /// The old page links (`OFFSET`), still honoured for bookmarks.
     page: Option<u32>,
 }
 
@@ -168,12 +172,23 @@ pub async fn sync_progress(
 }
 
 async fn users_table(state: &AppState, query: &UsersQuery) -> AppResult<Markup> {
-    let page = query.page.unwrap_or(0).min(100_000);
     let q = query.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
-    let (users, total) = store::search(&state.db, q, page, PER_PAGE).await?;
-    let pages = (total as u32).div_ceil(PER_PAGE).max(1);
-    let link = |p: u32| {
-        let mut url = format!("/admin?page={p}");
+    let position = match (query.cursor.as_deref(), query.page) {
+        (Some(raw), _) => Position::Cursor(Cursor::decode(raw).map_err(|_| {
+            AppError::BadRequest(
+                "This page link is not valid any more. Start from the first page.".into(),
+            )
+        })?),
+        (None, Some(page)) => Position::Offset(page.min(100_000)),
+        (None, None) => Position::First,
+    };
+    let (page, total) = search::search(&state.db, &Filter::parse(q), position, PER_PAGE).await?;
+    let pages = search::Total {
+        count: ((total.count + i64::from(PER_PAGE) - 1) / i64::from(PER_PAGE)).max(1),
+        exact: total.exact,
+    };
+    let link = |cursor: &Cursor| {
+        let mut url = format!("/admin?cursor={}", cursor.encode());
         if let Some(q) = q {
             url.push_str("&q=");
             url.extend(url::form_urlencoded::byte_serialize(q.as_bytes()));
@@ -182,22 +197,22 @@ async fn users_table(state: &AppState, query: &UsersQuery) -> AppResult<Markup> 
     };
     Ok(html! {
         p.muted {
-            (total) @if total == 1 { " user" } @else { " users" }
+            (search::describe(total)) @if total.count == 1 && total.exact { " user" } @else { " users" }
             @if let Some(q) = q { " matching “" (q) "”" }
         }
         div.table-wrap {
             table {
                 thead { tr { th { "Name" } th { "Email" } th { "Last login" } th { "Synced" } th { "Status" } } }
                 tbody {
-                    @for user in &users { (user_row(user)) }
-                    @if users.is_empty() { tr { td colspan="5" { "No users." } } }
+                    @for user in &page.users { (user_row(user)) }
+                    @if page.users.is_empty() { tr { td colspan="5" { "No users." } } }
                 }
             }
         }
         nav.actions aria-label="Pages" {
-            @if page > 0 { a.button.secondary href=(link(page - 1)) { "Previous" } }
-            span.muted { "Page " (page + 1) " of " (pages) }
-            @if page + 1 < pages { a.button.secondary href=(link(page + 1)) { "Next" } }
+            @if let Some(prev) = &page.prev { a.button.secondary href=(link(prev)) { "Previous" } }
+            span.muted { "Page " (search::with_thousands(i64::from(page.number) + 1)) " of " (search::describe(pages)) }
+            @if let Some(next) = &page.next { a.button.secondary href=(link(next)) { "Next" } }
         }
     })
 }

@@ -1,5 +1,6 @@
 //! The quote a signed-in person keeps: parsing, queries, views and routes.
 
+pub mod batched_saves;
 pub mod queries;
 pub mod quote;
 pub mod routes;

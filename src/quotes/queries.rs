@@ -3,8 +3,6 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, pool::PoolConnection};
 
-use super::quote::Quote;
-
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StoredQuote {
     pub message: String,
@@ -36,17 +34,15 @@ pub enum Precondition {
     Any,
 }
 
+/// What became of a save.
+#[derive(Debug, Clone)]
 pub enum SaveOutcome {
     Saved(StoredQuote),
     /// Someone (another tab) saved a newer version; nothing was written.
     Conflict(StoredQuote),
-}
-
-pub async fn find(db: &PgPool, user_id: &str) -> Result<Option<StoredQuote>, sqlx::Error> {
-    sqlx::query_as("SELECT message, updated_at FROM user_messages WHERE user_id = $1")
-        .bind(user_id)
-        .fetch_optional(db)
-        .await
+    /// The person has no `users` row (it was deleted while they were signed in); nothing was
+    /// written.
+    NoUser,
 }
 
 /// The quotes of several people at once, keyed by user id (for `batched_lookup`).
@@ -70,42 +66,6 @@ pub async fn find_many(
             (user_id, quote)
         })
         .collect())
-}
-
-/// Creates the quote, or replaces it when `precondition` allows. One statement, so two tabs
-/// cannot both win.
-pub async fn save(
-    db: &PgPool,
-    user_id: &str,
-    quote: &Quote,
-    precondition: Precondition,
-) -> Result<SaveOutcome, sqlx::Error> {
-    let (any, version) = match precondition {
-        Precondition::Absent => (false, None),
-        Precondition::Version(version) => (false, Some(version)),
-        Precondition::Any => (true, None),
-    };
-    let saved: Option<StoredQuote> = sqlx::query_as(
-        "INSERT INTO user_messages (user_id, message) VALUES ($1, $2)
-         ON CONFLICT (user_id) DO UPDATE
-             SET message = EXCLUDED.message, updated_at = clock_timestamp()
-             WHERE $3 OR user_messages.updated_at = $4
-         RETURNING message, updated_at",
-    )
-    .bind(user_id)
-    .bind(quote.as_str())
-    .bind(any)
-    .bind(version)
-    .fetch_optional(db)
-    .await?;
-    if let Some(saved) = saved {
-        return Ok(SaveOutcome::Saved(saved));
-    }
-    match find(db, user_id).await? {
-        Some(current) => Ok(SaveOutcome::Conflict(current)),
-        // Deleted between the two statements: nothing to overwrite, so create it.
-        None => Box::pin(save(db, user_id, quote, Precondition::Absent)).await,
-    }
 }
 
 pub async fn delete(db: &PgPool, user_id: &str) -> Result<bool, sqlx::Error> {

@@ -11,6 +11,7 @@ use poem::{
 use serde::Deserialize;
 
 use super::{
+    batched_saves::Save,
     queries::{self, Precondition, SaveOutcome, StoredQuote},
     quote::Quote,
     views::{self, FormState},
@@ -136,7 +137,12 @@ pub async fn save(
         }
     };
 
-    match queries::save(&state.db, &user.sub, &quote, precondition).await? {
+    let save = Save {
+        user_id: user.sub.clone(),
+        quote,
+        precondition,
+    };
+    match state.saves.save(save.clone()).await? {
         SaveOutcome::Saved(saved) if hx.0 => Ok(vary(html! {
             (views::display(&saved, &token))
             (views::status("Your quote was saved."))
@@ -145,7 +151,7 @@ pub async fn save(
         SaveOutcome::Conflict(latest) => {
             let card = views::form(
                 &FormState {
-                    text: quote.as_str(),
+                    text: save.quote.as_str(),
                     version: Some(latest.version()),
                     error: None,
                     newer: Some(&latest.message),
@@ -153,6 +159,12 @@ pub async fn save(
                 &token,
             );
             Ok(render(state, &session, hx, card, StatusCode::CONFLICT))
+        }
+        // The account was removed while this session lived: the session ends, and signing in
+        // again (which recreates the `users` row) comes before writing anything.
+        SaveOutcome::NoUser => {
+            session.destroy();
+            Ok(htmx::redirect(hx, "/auth/login?next=%2F"))
         }
     }
 }

@@ -2,7 +2,7 @@
 //! mirrors Auth0's users into Postgres (issue 6).
 //!
 //! Entry points for other slices:
-//! - admin API: [`job::trigger`], [`sync_runs::get`], [`sync_runs::recent`], [`store::search`],
+//! - admin API: [`job::trigger`], [`sync_runs::get`], [`sync_runs::recent`], [`search::search`],
 //!   [`store::get`];
 //! - startup: [`job::spawn_worker`] / [`job::run_worker`] with a [`sync::Syncer`].
 
@@ -10,6 +10,7 @@ pub mod auth0_api;
 pub mod auth0_user;
 pub mod foreground;
 pub mod job;
+pub mod search;
 pub mod storable;
 pub mod store;
 pub mod sync;

@@ -308,44 +308,9 @@ pub struct UserRow {
     pub deleted_at: Option<DateTime<Utc>>,
 }
 
-const USER_COLUMNS: &str = "user_id, email, email_verified, name, nickname, picture, blocked, \
+/// The columns of [`UserRow`], for `SELECT`s.
+pub(crate) const USER_COLUMNS: &str = "user_id, email, email_verified, name, nickname, picture, blocked, \
      logins_count, last_login, auth0_created_at, auth0_updated_at, first_seen_at, synced_at, deleted_at";
-
-/// Users whose email or name contains `q` (case-insensitive), ordered by email, one page of
-/// `per_page` (pages count from 0), and the number of matches.
-pub async fn search(
-    db: &PgPool,
-    q: Option<&str>,
-    page: u32,
-    per_page: u32,
-) -> Result<(Vec<UserRow>, i64), sqlx::Error> {
-    // Postgres text cannot hold NUL, so no stored name or email contains one.
-    if q.is_some_and(|q| q.contains('\0')) {
-        return Ok((Vec::new(), 0));
-    }
-    let pattern = q
-        .map(str::trim)
-        .filter(|q| !q.is_empty())
-        .map(|q| format!("%{}%", escape_like(q)));
-    let filter = "($1::text IS NULL OR email ILIKE $1 OR name ILIKE $1)";
-    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FROM users WHERE {filter}"
-    )))
-    .bind(&pattern)
-    .fetch_one(db)
-    .await?;
-    let per_page = per_page.clamp(1, 100);
-    let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {USER_COLUMNS} FROM users WHERE {filter}
-         ORDER BY lower(email) NULLS LAST, user_id LIMIT $2 OFFSET $3"
-    )))
-    .bind(&pattern)
-    .bind(i64::from(per_page))
-    .bind(i64::from(page) * i64::from(per_page))
-    .fetch_all(db)
-    .await?;
-    Ok((rows, total))
-}
 
 pub async fn get(db: &PgPool, user_id: &str) -> Result<Option<UserRow>, sqlx::Error> {
     // Postgres text cannot hold NUL, so no stored id contains one.
@@ -358,24 +323,4 @@ pub async fn get(db: &PgPool, user_id: &str) -> Result<Option<UserRow>, sqlx::Er
     .bind(user_id)
     .fetch_optional(db)
     .await
-}
-
-/// `%`, `_` and `\` typed by an admin are literal characters, not patterns.
-fn escape_like(q: &str) -> String {
-    let mut out = String::with_capacity(q.len());
-    for c in q.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn like_patterns_are_escaped() {
-        assert_eq!(super::escape_like(r"50%_a\b"), r"50\%\_a\\b");
-    }
 }

@@ -169,3 +169,40 @@ async fn a_stalled_query_does_not_hold_up_the_pages_behind_it() {
     assert!(!slow.is_finished(), "the slow query is still running");
     assert!(slow.await.unwrap().unwrap().is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_distant_database_a_lookup_waits_only_a_moment_for_the_batch_in_flight() {
+    let app = spawn_app().await;
+    // Each batch costs a 60 ms round trip, as to a database far away.
+    let reader = BatchedLookup::start(app.db.clone(), Duration::from_secs(10), |db, keys| async {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        find_many(db, keys).await
+    });
+    // A page every 3 ms for a quarter of a second.
+    let lookups = (0..80).map(|n| {
+        let reader = reader.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(3 * n)).await;
+            let started = std::time::Instant::now();
+            reader.get(&format!("auth0|far{n}")).await.unwrap();
+            started.elapsed()
+        })
+    });
+    let mut waited: Vec<Duration> = join_all(lookups)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    waited.sort();
+    // One batch at a time would add up to a whole round trip of waiting (half of one on
+    // average) to every page.
+    let median = waited[waited.len() / 2];
+    assert!(
+        median < Duration::from_millis(80),
+        "median {median:?}: {waited:?}"
+    );
+    assert!(
+        waited[waited.len() * 9 / 10] < Duration::from_millis(100),
+        "{waited:?}"
+    );
+}

@@ -3,6 +3,7 @@
 mod admin;
 mod auth;
 mod batched_lookup;
+mod batched_saves;
 mod browser;
 mod canonical_origin;
 mod db_outages;
@@ -16,6 +17,7 @@ mod observability;
 mod pooler;
 mod providers;
 mod quotes;
+mod search;
 mod second_provider;
 mod sign_in_tabs;
 mod sync;

@@ -10,11 +10,20 @@
 //! `--only <text>` runs just the scenarios whose name contains the text (and skips pgbench unless
 //! it matches "pgbench"); `--seconds N` changes the length of each run (for profiling).
 //!
+//! `--rtt 0,1,5` (the default) also runs the pages that read or write the database with the app
+//! reaching Postgres through [`delay_proxy`], a proxy that adds that many milliseconds of round
+//! trip (Neon in the same region is about 1 ms away): the app's default pool, as deployed.
+//!
 //! `--pooler` puts Debian's PgBouncer (transaction mode, 20 server connections) between the app
-//! and Postgres, named like Neon's pooled endpoint and given to the app as its only URL (as on
-//! Neon: requests through the pooler with unnamed statements, session work on the derived
-//! direct URL), and counts the statements left prepared on the pooler's server connections
-//! afterwards. Needs `pgbouncer` (Debian: `apt-get install pgbouncer`).
+//! and Postgres for the runs without added delay, named like Neon's pooled endpoint and given to
+//! the app as its only URL (as on Neon: requests through the pooler with unnamed statements,
+//! session work on the derived direct URL), and counts the statements left prepared on the
+//! pooler's server connections afterwards. Needs `pgbouncer` (Debian: `apt-get install
+//! pgbouncer`).
+
+mod delay_proxy;
+#[path = "../../tests/api/helpers/pgbouncer.rs"]
+mod pgbouncer;
 
 use std::{
     process::{Child, Command, Stdio},
@@ -22,9 +31,7 @@ use std::{
 };
 
 use async_session::Session;
-
-#[path = "../tests/api/helpers/pgbouncer.rs"]
-mod pgbouncer;
+use delay_proxy::DelayProxy;
 use quotebook::{auth::current_user::SessionUser, local_postgres::LocalPostgres};
 use sqlx::{ConnectOptions, Connection};
 
@@ -40,8 +47,13 @@ const PUT_REQUEST: &str = "wrk.method = \"PUT\"\n\
     wrk.headers[\"Content-Type\"] = \"application/x-www-form-urlencoded\"\n\
     wrk.headers[\"HX-Request\"] = \"true\"\n";
 const SIGNED_IN: &str = "GET / signed in, with a quote";
+const CROWD_NAME: &str = "GET / signed in, 50k people";
+const SAVE: &str = "PUT /quote (htmx)";
+/// The scenarios that reach the database, run again at each round trip above zero.
+const DATABASE_BOUND: [&str; 3] = [SIGNED_IN, CROWD_NAME, SAVE];
 
 struct Row {
+    rtt_ms: u32,
     name: &'static str,
     rps: f64,
     p50_ms: f64,
@@ -84,6 +96,15 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     admin.close().await?;
 
+    let round_trips: Vec<u32> = flag("--rtt")
+        .unwrap_or_else(|| "0,1,5".into())
+        .split(',')
+        .map(|ms| ms.trim().parse())
+        .collect::<Result<_, _>>()?;
+    let pool_size = quotebook::config::Settings::from_vars(&Default::default())?
+        .database
+        .max_connections;
+
     // Neon's naming: the pooled endpoint is the direct one with `-pooler` (here a socket
     // directory, and a link to the cluster's socket without it).
     let neon = std::env::temp_dir().join(format!("quotebook-bench-neon-{}", std::process::id()));
@@ -108,30 +129,10 @@ async fn main() -> anyhow::Result<()> {
         None => cluster.url("bench"),
     };
 
-    let port = free_port()?;
-    let base = format!("http://127.0.0.1:{port}");
-    let app = AppProcess(
-        Command::new(&binary)
-            .arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("PORT", port.to_string())
-            // The address wrk uses is the canonical one: nothing is redirected.
-            .env("APP_BASE_URL", &base)
-            .env("DATABASE_URL", &database_url)
-            .env("AUTH0_EMULATOR_ADDR", "127.0.0.1:0")
-            .env("AUTH0_EMULATOR_PERSIST_KEY", "false")
-            .env("RUST_LOG", "warn")
-            // Lets a run try other runtime sizes (tokio reads it) without rebuilding.
-            .envs(std::env::var("TOKIO_WORKER_THREADS").map(|n| ("TOKIO_WORKER_THREADS", n)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()?,
-    );
-    wait_until_up(&base).await?;
-
+    // The app migrates the database as it starts; the people are written after.
+    let mut app = start_app(&binary, &database_url).await?;
     let pool = sqlx::PgPool::connect_with(cluster.connect_options("bench")).await?;
-    let idle_rss = rss_mb(&app.0);
+    let idle_rss = rss_mb(&app.process);
 
     // Each request comes from the next of the signed-in people, as on a real site: PEOPLE of
     // them (their sessions stay in the app's one-second memory), or CROWD (they never do).
@@ -144,29 +145,37 @@ async fn main() -> anyhow::Result<()> {
         "put.lua",
         &format!("{people}{PUT_REQUEST}wrk.headers[\"X-CSRF-Token\"] = \"{CSRF}\"\n"),
     )?;
-    let scenarios: [(&'static str, String, Option<&str>); 5] = [
-        ("GET / signed out", format!("{base}/"), None),
-        (SIGNED_IN, format!("{base}/"), Some(&get_script)),
-        (
-            "GET / signed in, 50k people",
-            format!("{base}/"),
-            Some(&crowd_script),
-        ),
-        (
-            "PUT /quote (htmx)",
-            format!("{base}/quote"),
-            Some(&put_script),
-        ),
-        (
-            "GET /assets/htmx.min.js",
-            format!("{base}/assets/htmx.min.js"),
-            None,
-        ),
+    let scenarios: [(&'static str, &str, Option<&str>); 5] = [
+        ("GET / signed out", "/", None),
+        (SIGNED_IN, "/", Some(&get_script)),
+        (CROWD_NAME, "/", Some(&crowd_script)),
+        (SAVE, "/quote", Some(&put_script)),
+        ("GET /assets/htmx.min.js", "/assets/htmx.min.js", None),
     ];
     let mut rows = Vec::new();
-    for (name, url, script) in &scenarios {
-        if wanted(name) {
-            rows.push(run_wrk(name, url, *script, seconds, &app.0)?);
+    let mut measured_rtt = Vec::new();
+    for &rtt_ms in &round_trips {
+        // Zero is the app on Postgres's Unix socket; the others go through a delaying proxy,
+        // which serves its connections until they close.
+        if rtt_ms > 0 {
+            drop(app);
+            let started = DelayProxy::start(
+                &cluster.socket_dir().join(".s.PGSQL.5432"),
+                Duration::from_millis(rtt_ms.into()),
+            )?;
+            let through = started.measure_rtt("bench", 200).await?;
+            measured_rtt.push((rtt_ms, through));
+            let url = format!(
+                "postgres://postgres@127.0.0.1:{}/bench?sslmode=disable",
+                started.port()
+            );
+            app = start_app(&binary, &url).await?;
+        }
+        for (name, path, script) in &scenarios {
+            if wanted(name) && (rtt_ms == 0 || DATABASE_BOUND.contains(name)) {
+                let url = format!("{}{path}", app.base);
+                rows.push(run_wrk(rtt_ms, name, &url, *script, seconds, &app.process)?);
+            }
         }
     }
     // The ceilings: pgbench's own read-only transaction, and the statement a save runs.
@@ -201,24 +210,45 @@ async fn main() -> anyhow::Result<()> {
 
     println!();
     println!(
-        "{} connections, {} s each, wrk -t2; idle RSS {:.1} MB; {}",
-        CONNECTIONS,
-        seconds,
-        idle_rss,
+        "{CONNECTIONS} connections, {seconds} s each, wrk -t2; the app's default pool of \
+         {pool_size}; idle RSS {idle_rss:.1} MB; {}",
         if through_pooler {
-            "through PgBouncer (transaction mode)"
+            "without added delay through PgBouncer (transaction mode)"
         } else {
             "straight to Postgres"
         }
     );
+    for (rtt_ms, through) in &measured_rtt {
+        println!(
+            "{rtt_ms} ms proxy: SELECT 1 through it takes {through:.2} ms (median); \
+             pool / round trip = {:.0} queries/s",
+            f64::from(pool_size) * 1000.0 / f64::from(*rtt_ms)
+        );
+    }
     println!(
-        "{:<32} {:>10} {:>9} {:>9} {:>7} {:>12}",
-        "scenario", "req/s", "p50 ms", "p99 ms", "errors", "RSS MB"
+        "{:>6} {:<32} {:>10} {:>9} {:>9} {:>7} {:>8}",
+        "RTT ms", "scenario", "req/s", "p50 ms", "p99 ms", "errors", "RSS MB"
     );
     for row in &rows {
         println!(
-            "{:<32} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>12.1}",
-            row.name, row.rps, row.p50_ms, row.p99_ms, row.errors, row.rss_mb
+            "{:>6} {:<32} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>8.1}",
+            row.rtt_ms, row.name, row.rps, row.p50_ms, row.p99_ms, row.errors, row.rss_mb
+        );
+    }
+    for row in rows
+        .iter()
+        .filter(|row| row.rtt_ms > 0 && row.name == SIGNED_IN)
+    {
+        let budget = f64::from(row.rtt_ms) + 2.0;
+        println!(
+            "at {} ms: signed-in p50 {:.2} ms (goal <= round trip + 2 = {budget:.0} ms: {})",
+            row.rtt_ms,
+            row.p50_ms,
+            if row.p50_ms <= budget {
+                "met"
+            } else {
+                "missed"
+            }
         );
     }
     if let Some((servers, prepared, listening)) = pooler_state {
@@ -227,27 +257,62 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     if let Some((tps, save_tps)) = pgbench_tps {
-        println!("{:<32} {:>10.0}", "pgbench -S (same database)", tps);
-        println!("{:<32} {:>10.0}", "pgbench, the save's upsert", save_tps);
-        if let Some(signed_in) = rows.iter().find(|row| row.name == SIGNED_IN) {
+        println!("{:<39} {:>10.0}", "pgbench -S (same database)", tps);
+        println!("{:<39} {:>10.0}", "pgbench, the save's upsert", save_tps);
+        let direct = |name: &str| rows.iter().find(|row| row.rtt_ms == 0 && row.name == name);
+        if let Some(signed_in) = direct(SIGNED_IN) {
             println!(
                 "signed-in GET / at {:.0}% of pgbench -S",
                 100.0 * signed_in.rps / tps.max(1.0)
+            );
+        }
+        if let Some(save) = direct(SAVE) {
+            println!(
+                "PUT /quote at {:.0}% of pgbench running its upsert (goal >= 80%)",
+                100.0 * save.rps / save_tps.max(1.0)
             );
         }
     }
     Ok(())
 }
 
-/// The app under test, killed when the bench ends, on an error too (the cluster stops itself
-/// on drop).
-struct AppProcess(Child);
+/// The app under test, killed when dropped (on an error too; the cluster stops itself on drop).
+struct App {
+    process: Child,
+    base: String,
+}
 
-impl Drop for AppProcess {
+impl Drop for App {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.process.kill();
+        let _ = self.process.wait();
     }
+}
+
+/// Starts the release binary on `database_url` and waits until it is ready.
+async fn start_app(binary: &std::path::Path, database_url: &str) -> anyhow::Result<App> {
+    let port = free_port()?;
+    let app = App {
+        process: Command::new(binary)
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("PORT", port.to_string())
+            // The address wrk uses is the canonical one: nothing is redirected.
+            .env("APP_BASE_URL", format!("http://127.0.0.1:{port}"))
+            .env("DATABASE_URL", database_url)
+            .env("AUTH0_EMULATOR_ADDR", "127.0.0.1:0")
+            .env("AUTH0_EMULATOR_PERSIST_KEY", "false")
+            .env("RUST_LOG", "warn")
+            // Lets a run try other runtime sizes (tokio reads it) without rebuilding.
+            .envs(std::env::var("TOKIO_WORKER_THREADS").map(|n| ("TOKIO_WORKER_THREADS", n)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?,
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    wait_until_up(&app.base).await?;
+    Ok(app)
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -298,7 +363,10 @@ async fn signed_in_people(
                 id_token: None,
             },
         )?;
-        session.expire_in(Duration::from_secs(86_400));
+        // As if extended a moment ago, and far enough ahead that no request of the run is due to
+        // extend it (a write, once a minute per person): the signed-in rows measure page reads,
+        // at every round trip alike.
+        session.expire_in(Duration::from_secs(86_400 + 3_600));
         session_ids.push(session.id().to_owned());
         session_data.push(serde_json::to_value(&session)?);
         let value = session
@@ -369,6 +437,7 @@ fn rss_mb(child: &Child) -> f64 {
 }
 
 fn run_wrk(
+    rtt_ms: u32,
     name: &'static str,
     url: &str,
     script: Option<&str>,
@@ -418,6 +487,7 @@ fn run_wrk(
         })
         .unwrap_or(0);
     Ok(Row {
+        rtt_ms,
         name,
         rps,
         p50_ms: percentile("50%"),
