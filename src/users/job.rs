@@ -254,8 +254,7 @@ pub async fn run_worker(
         options: options.clone(),
         stop: shutdown.clone(),
     };
-    let mut restart_delay = Duration::from_secs(1);
-    loop {
+    keep_running("sync", shutdown.clone(), || {
         let config = Config::default()
             .queue(QUEUE)
             .batch_size(1)
@@ -271,18 +270,39 @@ pub async fn run_worker(
             .data(context.clone())
             .build(handle);
         let stop = shutdown.clone();
-        let result = worker
-            .run_until(async move {
-                stop.await;
-                Ok::<(), std::io::Error>(())
-            })
-            .await;
+        worker.run_until(async move {
+            stop.await;
+            Ok::<(), std::io::Error>(())
+        })
+    })
+    .await;
+    drop(cron_tasks);
+    tracing::info!("sync worker stopped");
+    Ok(())
+}
+
+/// Runs the apalis worker that `run_once` builds and runs until `shutdown`, building another
+/// with backoff (1 s, doubling up to a minute) whenever one stops or fails: a database outage
+/// ends an apalis worker, and a long-running process must recover by itself. `what` names the
+/// worker in the log.
+pub(crate) async fn keep_running<F, Fut, E>(
+    what: &'static str,
+    shutdown: Shared<BoxFuture<'static, ()>>,
+    mut run_once: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut restart_delay = Duration::from_secs(1);
+    loop {
+        let result = run_once().await;
         if shutdown.clone().now_or_never().is_some() {
             break;
         }
         match result {
-            Ok(()) => tracing::warn!("sync worker stopped; restarting"),
-            Err(err) => tracing::error!(error = %err, "sync worker failed; restarting"),
+            Ok(()) => tracing::warn!(worker = what, "worker stopped; restarting"),
+            Err(err) => tracing::error!(worker = what, error = %err, "worker failed; restarting"),
         }
         tokio::select! {
             _ = tokio::time::sleep(restart_delay) => {}
@@ -290,9 +310,6 @@ pub async fn run_worker(
         }
         restart_delay = (restart_delay * 2).min(Duration::from_secs(60));
     }
-    drop(cron_tasks);
-    tracing::info!("sync worker stopped");
-    Ok(())
 }
 
 /// Spawns [`run_worker`] on the runtime; the handle resolves when it stops.
