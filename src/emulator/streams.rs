@@ -386,34 +386,36 @@ async fn deliver_events(
                 held.drain(..).rev().collect()
             }
         };
-        for body in to_send {
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return;
+        // Held events go out one after the other, so they arrive in the order chosen.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let post = |body| Post {
+            http: http.clone(),
+            url: destination.url.clone(),
+            authorization: Some(authorization.clone()),
+            content_type: "application/json",
+            body,
+            attempts: EVENT_ATTEMPTS,
+        };
+        let posts: Vec<Post> = to_send.into_iter().map(post).collect();
+        let deliveries = deliveries.clone();
+        let stopped = stopped.clone();
+        tokio::spawn(async move {
+            let times = if deliveries.repeat.load(Ordering::Relaxed) {
+                2
+            } else {
+                1
             };
-            let post = Post {
-                http: http.clone(),
-                url: destination.url.clone(),
-                authorization: Some(authorization.clone()),
-                content_type: "application/json",
-                body,
-                attempts: EVENT_ATTEMPTS,
-            };
-            let deliveries = deliveries.clone();
-            let stopped = stopped.clone();
-            tokio::spawn(async move {
-                let times = if deliveries.repeat.load(Ordering::Relaxed) {
-                    2
-                } else {
-                    1
-                };
+            for post in posts {
                 for _ in 0..times {
                     if post.send(&deliveries, stopped.clone()).await {
                         deliveries.events_delivered.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                drop(slot);
-            });
-        }
+            }
+            drop(slot);
+        });
     }
 }
 

@@ -18,5 +18,6 @@ mod providers;
 mod quotes;
 mod second_provider;
 mod sign_in_tabs;
+mod streams;
 mod sync;
 mod webdriver;
