@@ -375,6 +375,13 @@ async fn a_user_blocked_at_auth0_loses_every_session_through_either_stream() {
         let bystander = app.signed_in_client("bystander@example.com").await;
         let user_id = user_id_of(&app, "blocked-soon@example.com");
         assert_eq!(sessions_of(&app, &user_id).await, 2, "{feeds:?}");
+        // The sign-ins' own changes are done (two sign-ups; with the Log Stream also three
+        // logins): only the block can end the sessions.
+        let sign_in_changes = match feeds {
+            Feeds::Events => 2,
+            Feeds::Logs(_) => 5,
+        };
+        all_processed_after(&app, sign_in_changes).await;
 
         tenant.patch(&user_id, json!({"blocked": true})).await;
         eventually("the sessions ended", || async {
