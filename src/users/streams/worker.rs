@@ -17,12 +17,12 @@ use std::{sync::Arc, time::Duration};
 
 use apalis::{
     layers::WorkerBuilderExt,
-    prelude::{BoxDynError, Data, WorkerBuilder},
+    prelude::{BackendExt, BoxDynError, Data, PollSnapshot, PollStrategy, WorkerBuilder},
 };
-use apalis_postgres::{Config, PostgresStorage};
+use apalis_postgres::{Config, PostgresStorage, Pubsub};
 use chrono::{DateTime, Utc};
 use futures::{
-    FutureExt,
+    FutureExt, StreamExt,
     future::{BoxFuture, Shared},
 };
 use serde_json::Value;
@@ -45,7 +45,9 @@ use crate::{
 
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
-    /// Jobs in progress at once in this process.
+    /// Jobs in progress at once in this process. Each holds a database connection for a few
+    /// milliseconds (a refresh, also while Auth0 answers), and `quotebook serve` shares its pool
+    /// between pages and workers: a few keep up with hundreds of changes a second.
     pub concurrency: usize,
     /// Reads of one user a refresh may take while Auth0 does not answer.
     pub refresh_attempts: u32,
@@ -59,7 +61,7 @@ pub struct WorkerOptions {
 impl Default for WorkerOptions {
     fn default() -> Self {
         Self {
-            concurrency: 16,
+            concurrency: 4,
             refresh_attempts: 8,
             refresh_retry_base: Duration::from_secs(5),
             refresh_retry_max: Duration::from_secs(600),
@@ -102,7 +104,7 @@ pub async fn run(
             .missed_heartbeats(3);
         let backend = PostgresStorage::<UserChange>::new(&db)
             .with_config(config)
-            .with_pubsub();
+            .poll_with_strategy(Wakeups::new(&db));
         let name = format!("quotebook-changes-{}", crate::users::random_id());
         let worker = WorkerBuilder::new(name)
             .backend(backend)
@@ -129,6 +131,60 @@ pub fn spawn(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<anyhow::Result<()>> {
     tokio::spawn(run(db, api, options, shutdown))
+}
+
+/// When the worker looks for jobs: at each job apalis announces (its `NOTIFY` on insert), and
+/// every [`FALLBACK_POLL`] in any case.
+///
+/// apalis' own stream strategy hands over one notification and does not listen for the next
+/// (a `Poll::Ready` registers no waker), so after a notification that arrives during a fetch the
+/// worker sleeps until its next heartbeat: ten seconds of lag, measured by
+/// `examples/streams_bench.rs`. This one drains every notification until the listener is
+/// pending again, so the next one always wakes the worker. The fallback poll covers a job
+/// committed just after a fetch's snapshot whose notification that fetch used up, and a
+/// listener whose connection died (apalis does not reconnect it).
+struct Wakeups {
+    notifications: Pubsub,
+    fallback: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+/// See [`Wakeups`]: bounds a missed wake-up, at one cheap query a second while idle.
+const FALLBACK_POLL: Duration = Duration::from_secs(1);
+
+impl Wakeups {
+    fn new(db: &PgPool) -> Self {
+        Self {
+            notifications: Pubsub::new(db.clone(), queue::QUEUE.to_owned()),
+            fallback: Box::pin(tokio::time::sleep(FALLBACK_POLL)),
+        }
+    }
+}
+
+impl PollStrategy for Wakeups {
+    fn poll_drive(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        _: &PollSnapshot,
+    ) -> std::task::Poll<Option<()>> {
+        use std::task::Poll;
+        let mut woken = false;
+        // Until pending: only then is the listener's waker registered for the next one.
+        while let Poll::Ready(Some(_)) = self.notifications.poll_next_unpin(cx) {
+            woken = true;
+        }
+        if self.fallback.as_mut().poll(cx).is_ready() {
+            woken = true;
+            let next = tokio::time::Instant::now() + FALLBACK_POLL;
+            self.fallback.as_mut().reset(next);
+            // Registers the timer's waker for the next round.
+            let _ = self.fallback.as_mut().poll(cx);
+        }
+        if woken {
+            Poll::Ready(Some(()))
+        } else {
+            Poll::Pending
+        }
+    }
 }
 
 async fn handle(change: UserChange, ctx: Data<Context>) -> Result<(), BoxDynError> {
