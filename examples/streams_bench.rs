@@ -34,8 +34,14 @@ use quotebook::{
     local_postgres::LocalPostgres,
     startup::Application,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::{ConnectOptions, Connection, PgPool, postgres::PgListener};
+
+// Shared with the tests; the benchmark only renames and blocks users.
+#[allow(dead_code)]
+#[path = "../tests/api/helpers/tenant.rs"]
+mod tenant;
+use tenant::Tenant;
 
 const EVENTS_TOKEN: &str = "streams-bench-events-token";
 const LOGS_TOKEN: &str = "streams-bench-logs-token";
@@ -185,7 +191,10 @@ async fn bench(database_url: &str, changes: usize, rate: u64, logs: bool) -> any
         async move {
             let name = format!("bench-{n}");
             sent.lock().unwrap().insert(name.clone(), Instant::now());
-            tenant.patch(&user_id, json!({ "name": name })).await
+            tenant
+                .patch(&user_id, json!({ "name": name }))
+                .await
+                .map(drop)
         }
     })
     .await?;
@@ -216,7 +225,10 @@ async fn bench(database_url: &str, changes: usize, rate: u64, logs: bool) -> any
         let sent = sent.clone();
         async move {
             sent.lock().unwrap().insert(user_id.clone(), Instant::now());
-            tenant.patch(&user_id, json!({ "blocked": true })).await
+            tenant
+                .patch(&user_id, json!({ "blocked": true }))
+                .await
+                .map(drop)
         }
     })
     .await?;
@@ -271,62 +283,6 @@ async fn bench(database_url: &str, changes: usize, rate: u64, logs: bool) -> any
     let _ = server.await;
     let _ = worker.await;
     Ok(())
-}
-
-/// The emulated tenant's Management API.
-#[derive(Clone)]
-struct Tenant {
-    http: reqwest::Client,
-    issuer: url::Url,
-    token: Arc<String>,
-}
-
-impl Tenant {
-    async fn of(issuer: url::Url) -> anyhow::Result<Self> {
-        let http = reqwest::Client::new();
-        let token: Value = http
-            .post(issuer.join("oauth/token")?)
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", quotebook::config::DEV_CLIENT_ID),
-                ("client_secret", quotebook::config::DEV_CLIENT_SECRET),
-                ("audience", &format!("{issuer}api/v2/")),
-            ])
-            .send()
-            .await?
-            .json()
-            .await?;
-        Ok(Self {
-            token: Arc::new(
-                token["access_token"]
-                    .as_str()
-                    .context("no access token")?
-                    .to_owned(),
-            ),
-            http,
-            issuer,
-        })
-    }
-
-    async fn patch(&self, user_id: &str, body: Value) -> anyhow::Result<()> {
-        let mut url = self.issuer.join("api/v2/users")?;
-        url.path_segments_mut()
-            .map_err(|()| anyhow::anyhow!("the issuer cannot hold paths"))?
-            .push(user_id);
-        let response = self
-            .http
-            .patch(url)
-            .bearer_auth(self.token.as_str())
-            .json(&body)
-            .send()
-            .await?;
-        anyhow::ensure!(
-            response.status().is_success(),
-            "PATCH {}",
-            response.status()
-        );
-        Ok(())
-    }
 }
 
 /// Runs `change` for each user at `rate` per second, each in its own task (a slow request does

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{
     TestApp, client, local_cluster, pgbouncer::PgBouncer, random_suffix, spawn_app_against,
-    spawn_app_with_worker, spawn_on, test_vars, wait_out_the_session_memory,
+    spawn_app_with_worker, spawn_on, tenant::Tenant, test_vars, wait_out_the_session_memory,
 };
 
 const EVENTS_TOKEN: &str = "events-token-for-the-tests-0123456789";
@@ -77,80 +77,9 @@ fn emulator(app: &TestApp) -> &Emulator {
     app.emulator.as_ref().expect("the in-process emulator")
 }
 
-/// The emulated tenant's Management API, as an administrator (or a dashboard) uses it.
-struct Tenant {
-    http: reqwest::Client,
-    issuer: url::Url,
-    token: String,
-}
-
-impl Tenant {
-    async fn of(emulator: &Emulator) -> Self {
-        let http = client();
-        let issuer = emulator.issuer();
-        let token: Value = http
-            .post(issuer.join("oauth/token").unwrap())
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", quotebook::config::DEV_CLIENT_ID),
-                ("client_secret", quotebook::config::DEV_CLIENT_SECRET),
-                ("audience", &format!("{issuer}api/v2/")),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        Self {
-            http,
-            token: token["access_token"].as_str().unwrap().to_owned(),
-            issuer,
-        }
-    }
-
-    fn user_url(&self, user_id: &str) -> url::Url {
-        let mut url = self.issuer.join("api/v2/users").unwrap();
-        url.path_segments_mut().unwrap().push(user_id);
-        url
-    }
-
-    async fn create(&self, email: &str) -> Value {
-        let response = self
-            .http
-            .post(self.issuer.join("api/v2/users").unwrap())
-            .bearer_auth(&self.token)
-            .json(&json!({"connection": "Username-Password-Authentication", "email": email}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::CREATED);
-        response.json().await.unwrap()
-    }
-
-    async fn patch(&self, user_id: &str, body: Value) -> Value {
-        let response = self
-            .http
-            .patch(self.user_url(user_id))
-            .bearer_auth(&self.token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        response.json().await.unwrap()
-    }
-
-    async fn delete(&self, user_id: &str) {
-        let response = self
-            .http
-            .delete(self.user_url(user_id))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::NO_CONTENT);
-    }
+/// The in-process emulator's Management API.
+async fn tenant_of(app: &TestApp) -> Tenant {
+    Tenant::of(emulator(app).issuer()).await.unwrap()
 }
 
 /// Polls `check` until it yields something, failing the test after [`WITHIN`].
@@ -251,8 +180,8 @@ fn user_id_of(app: &TestApp, email: &str) -> String {
 #[tokio::test]
 async fn an_event_stream_update_reaches_users_without_a_management_api_call() {
     let app = app_fed_by(Feeds::Events).await;
-    let tenant = Tenant::of(emulator(&app)).await;
-    let created = tenant.create("grace@example.com").await;
+    let tenant = tenant_of(&app).await;
+    let created = tenant.create("grace@example.com").await.unwrap();
     let user_id = created["user_id"].as_str().unwrap().to_owned();
     let created = row_where(&app, &user_id, "user.created applied", |_| true).await;
     assert_eq!(created.email.as_deref(), Some("grace@example.com"));
@@ -268,7 +197,8 @@ async fn an_event_stream_update_reaches_users_without_a_management_api_call() {
             &user_id,
             json!({"name": "Grace Hopper", "user_metadata": {"ship": "USS"}}),
         )
-        .await;
+        .await
+        .unwrap();
     let updated = row_where(&app, &user_id, "user.updated applied", |r| {
         r.name.as_deref() == Some("Grace Hopper")
     })
@@ -300,13 +230,16 @@ async fn an_event_stream_update_reaches_users_without_a_management_api_call() {
 #[tokio::test]
 async fn repeated_and_reversed_deliveries_leave_the_newest_profile() {
     let app = app_fed_by(Feeds::Events).await;
-    let tenant = Tenant::of(emulator(&app)).await;
+    let tenant = tenant_of(&app).await;
     let user_id = user_id_of(&app, "admin@example.com");
     let deliveries = emulator(&app).deliveries();
     deliveries.repeat_each(true);
     deliveries.reverse_next(3);
     for name in ["First", "Second", "Third"] {
-        tenant.patch(&user_id, json!({ "name": name })).await;
+        tenant
+            .patch(&user_id, json!({ "name": name }))
+            .await
+            .unwrap();
     }
     eventually("six deliveries", || async {
         (deliveries.events_delivered() >= 6).then_some(())
@@ -330,14 +263,17 @@ async fn repeated_and_reversed_deliveries_leave_the_newest_profile() {
 #[tokio::test]
 async fn an_update_delivered_after_the_deletion_does_not_bring_the_user_back() {
     let app = app_fed_by(Feeds::Events).await;
-    let tenant = Tenant::of(emulator(&app)).await;
-    let created = tenant.create("ephemeral@example.com").await;
+    let tenant = tenant_of(&app).await;
+    let created = tenant.create("ephemeral@example.com").await.unwrap();
     let user_id = created["user_id"].as_str().unwrap().to_owned();
     row_where(&app, &user_id, "created", |_| true).await;
 
     emulator(&app).deliveries().reverse_next(2);
-    tenant.patch(&user_id, json!({"name": "Last words"})).await;
-    tenant.delete(&user_id).await;
+    tenant
+        .patch(&user_id, json!({"name": "Last words"}))
+        .await
+        .unwrap();
+    tenant.delete(&user_id).await.unwrap();
     all_processed_after(&app, 3).await;
     let stored = row(&app, &user_id).await.unwrap();
     assert!(stored.deleted_at.is_some(), "{stored:?}");
@@ -369,7 +305,7 @@ async fn all_processed_after(app: &TestApp, n: i64) {
 async fn a_user_blocked_at_auth0_loses_every_session_through_either_stream() {
     for feeds in [Feeds::Events, Feeds::Logs(LogStreamFormat::JsonLines)] {
         let app = app_fed_by(feeds).await;
-        let tenant = Tenant::of(emulator(&app)).await;
+        let tenant = tenant_of(&app).await;
         let phone = app.signed_in_client("blocked-soon@example.com").await;
         let laptop = app.signed_in_client("blocked-soon@example.com").await;
         let bystander = app.signed_in_client("bystander@example.com").await;
@@ -383,7 +319,10 @@ async fn a_user_blocked_at_auth0_loses_every_session_through_either_stream() {
         };
         all_processed_after(&app, sign_in_changes).await;
 
-        tenant.patch(&user_id, json!({"blocked": true})).await;
+        tenant
+            .patch(&user_id, json!({"blocked": true}))
+            .await
+            .unwrap();
         eventually("the sessions ended", || async {
             (sessions_of(&app, &user_id).await == 0).then_some(())
         })
@@ -399,7 +338,10 @@ async fn a_user_blocked_at_auth0_loses_every_session_through_either_stream() {
         assert_eq!(other.status(), StatusCode::OK, "nobody else is signed out");
 
         // Unblocked: the profile Auth0 sends no longer says blocked, and the row follows.
-        tenant.patch(&user_id, json!({"blocked": false})).await;
+        tenant
+            .patch(&user_id, json!({"blocked": false}))
+            .await
+            .unwrap();
         row_where(&app, &user_id, "unblocked", |r| r.blocked == Some(false)).await;
     }
 }
@@ -407,12 +349,12 @@ async fn a_user_blocked_at_auth0_loses_every_session_through_either_stream() {
 #[tokio::test]
 async fn a_user_deleted_at_auth0_is_marked_deleted_and_signed_out_by_a_refresh() {
     let app = app_fed_by(Feeds::Logs(LogStreamFormat::JsonArray)).await;
-    let tenant = Tenant::of(emulator(&app)).await;
+    let tenant = tenant_of(&app).await;
     let browser = app
         .signed_in_with_quote("leaving@example.com", "Goodbye.")
         .await;
     let user_id = user_id_of(&app, "leaving@example.com");
-    tenant.delete(&user_id).await;
+    tenant.delete(&user_id).await.unwrap();
     let stored = row_where(&app, &user_id, "marked deleted", |r| r.deleted_at.is_some()).await;
     assert!(stored.deleted_at.is_some());
     assert_eq!(sessions_of(&app, &user_id).await, 0);
@@ -731,7 +673,7 @@ async fn a_stream_without_a_token_is_off() {
 #[tokio::test]
 async fn the_admin_page_shows_the_last_change_and_its_lag_and_metrics_count_them() {
     let app = app_fed_by(Feeds::Events).await;
-    let tenant = Tenant::of(emulator(&app)).await;
+    let tenant = tenant_of(&app).await;
     let admin = app.signed_in_client("admin@example.com").await;
     let user_id = user_id_of(&app, "admin@example.com");
     let empty = admin
@@ -743,7 +685,10 @@ async fn the_admin_page_shows_the_last_change_and_its_lag_and_metrics_count_them
     assert_eq!(empty.headers()["cache-control"], "no-store");
     assert!(empty.text().await.unwrap().contains("Nothing received yet"));
 
-    tenant.patch(&user_id, json!({"name": "Ada Renamed"})).await;
+    tenant
+        .patch(&user_id, json!({"name": "Ada Renamed"}))
+        .await
+        .unwrap();
     all_processed_after(&app, 1).await;
     let card = admin
         .get(app.url("/admin/streams"))
@@ -777,7 +722,10 @@ async fn the_admin_page_shows_the_last_change_and_its_lag_and_metrics_count_them
 
     // A repeat, and a log batch, so every series has moved.
     emulator(&app).deliveries().repeat_each(true);
-    tenant.patch(&user_id, json!({"name": "Ada Again"})).await;
+    tenant
+        .patch(&user_id, json!({"name": "Ada Again"}))
+        .await
+        .unwrap();
     post_logs(&app, login_batch(&user_id, 2)).await;
     all_processed_after(&app, 4).await;
     let metrics = app.get("/metrics").await.text().await.unwrap();
@@ -877,7 +825,7 @@ async fn the_emulator_delivers_what_auth0_delivers() {
     tokio::spawn(Server::new_with_acceptor(acceptor).run(app));
 
     let emulator = Emulator::start(EmulatorConfig::for_tests()).await.unwrap();
-    let tenant = Tenant::of(&emulator).await;
+    let tenant = Tenant::of(emulator.issuer()).await.unwrap();
     let base = format!("http://127.0.0.1:{port}");
     for (format, name) in [
         (LogStreamFormat::JsonArray, "array"),
@@ -895,10 +843,13 @@ async fn the_emulator_delivers_what_auth0_delivers() {
                 format,
             }),
         });
-        let created = tenant.create(&format!("{name}@example.com")).await;
+        let created = tenant.create(&format!("{name}@example.com")).await.unwrap();
         let user_id = created["user_id"].as_str().unwrap();
-        tenant.patch(user_id, json!({"blocked": true})).await;
-        tenant.delete(user_id).await;
+        tenant
+            .patch(user_id, json!({"blocked": true}))
+            .await
+            .unwrap();
+        tenant.delete(user_id).await.unwrap();
     }
     eventually("every delivery captured", || async {
         let seen = seen.lock().unwrap();
@@ -995,12 +946,13 @@ async fn deliveries_through_a_transaction_pooler_leave_nothing_on_its_connection
         true,
     )
     .await;
-    let tenant = Tenant::of(emulator(&app)).await;
+    let tenant = tenant_of(&app).await;
     let user_id = user_id_of(&app, "admin@example.com");
     for n in 0..10 {
         tenant
             .patch(&user_id, json!({ "name": format!("Pooled {n}") }))
-            .await;
+            .await
+            .unwrap();
     }
     row_where(&app, &user_id, "the last change applied", |r| {
         r.name.as_deref() == Some("Pooled 9")

@@ -146,27 +146,13 @@ pub async fn receive(
     req: &Request,
     body: Body,
     Data(state): Data<&AppState>,
-) -> Result<Response, AppError> {
-    let body = match webhook::authenticated_body(
-        req,
-        body,
-        state.settings.streams.events_token.as_ref(),
-        Credential::Bearer,
-        BODY_LIMIT,
-    )
-    .await
-    {
-        Ok(body) => body,
-        Err(refused) => return Ok(refused),
-    };
-    let delivery = match read(&body) {
-        Ok(delivery) => delivery,
-        Err(reason) => {
-            tracing::warn!(%reason, "Event Stream delivery refused");
-            return Ok(webhook::bad_request(req, &reason));
-        }
-    };
-    let recorded = queue::record_events(&state.db, &delivery.events).await?;
+) -> poem::Result<Response> {
+    let streams = &state.settings.streams;
+    let stream = (streams.events_token.as_ref(), Credential::Bearer);
+    let delivery = webhook::delivery(req, body, stream, BODY_LIMIT, read, "Event Stream").await?;
+    let recorded = queue::record_events(&state.db, &delivery.events)
+        .await
+        .map_err(AppError::from)?;
     for event in &delivery.events {
         let duplicate = !recorded.contains(&event.id);
         observability::stream_event_received(Stream::Events, event.kind.as_str(), duplicate);
@@ -179,13 +165,7 @@ pub async fn receive(
         duplicates: delivery.events.len() - recorded.len(),
         ignored: delivery.ignored,
     };
-    tracing::debug!(
-        accepted = receipt.accepted,
-        duplicates = receipt.duplicates,
-        ignored = receipt.ignored,
-        "Event Stream delivery queued"
-    );
-    Ok(receipt.into_response())
+    Ok(receipt.answer("Event Stream"))
 }
 
 #[cfg(test)]

@@ -96,33 +96,19 @@ pub async fn receive(
     req: &Request,
     body: Body,
     Data(state): Data<&AppState>,
-) -> Result<Response, AppError> {
-    let body = match webhook::authenticated_body(
-        req,
-        body,
-        state.settings.streams.log_stream_token.as_ref(),
-        Credential::HeaderValue,
-        BODY_LIMIT,
-    )
-    .await
-    {
-        Ok(body) => body,
-        Err(refused) => return Ok(refused),
-    };
-    let batch = match read(&body) {
-        Ok(batch) => batch,
-        Err(reason) => {
-            tracing::warn!(%reason, "Log Stream delivery refused");
-            return Ok(webhook::bad_request(req, &reason));
-        }
-    };
+) -> poem::Result<Response> {
+    let streams = &state.settings.streams;
+    let stream = (streams.log_stream_token.as_ref(), Credential::HeaderValue);
+    let batch = webhook::delivery(req, body, stream, BODY_LIMIT, read, "Log Stream").await?;
     if batch.unreadable > 0 {
         tracing::warn!(
             skipped = batch.unreadable,
             "Log Stream delivery held elements that are not log events; skipped"
         );
     }
-    let recorded = queue::record_log_events(&state.db, &batch.user_events).await?;
+    let recorded = queue::record_log_events(&state.db, &batch.user_events)
+        .await
+        .map_err(AppError::from)?;
     for event in &batch.user_events {
         let duplicate = !recorded.log_ids.contains(&event.log_id);
         observability::stream_event_received(Stream::Logs, event.type_code, duplicate);
@@ -136,14 +122,7 @@ pub async fn receive(
         duplicates: batch.user_events.len() - recorded.log_ids.len(),
         ignored: batch.other + batch.unreadable,
     };
-    tracing::debug!(
-        accepted = receipt.accepted,
-        duplicates = receipt.duplicates,
-        ignored = receipt.ignored,
-        refreshes = recorded.refreshes_queued,
-        "Log Stream delivery queued"
-    );
-    Ok(receipt.into_response())
+    Ok(receipt.answer("Log Stream"))
 }
 
 #[cfg(test)]

@@ -77,24 +77,14 @@ pub async fn record_events(
         return Ok(HashSet::new());
     }
     let mut tx = db.begin().await?;
-    let recorded: Vec<String> = sqlx::query_scalar(
-        "INSERT INTO auth0_stream_events (stream, id, type, user_id, occurred_at)
-         SELECT 'events', * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[])
-         ON CONFLICT (stream, id) DO NOTHING
-         RETURNING id",
-    )
-    .bind(events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
-    .bind(
-        events
-            .iter()
-            .map(|e| e.user_id.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(events.iter().map(|e| e.time).collect::<Vec<_>>())
-    .fetch_all(&mut *tx)
-    .await?;
-    let recorded: HashSet<String> = recorded.into_iter().collect();
+    let rows = events
+        .iter()
+        .map(|e| (e.id.as_str(), e.kind.as_str(), e.user_id.as_str(), e.time));
+    let recorded: HashSet<String> = record(&mut tx, Stream::Events, rows)
+        .await?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     // An id twice in one delivery is one change.
     let mut queued = HashSet::new();
     let jobs = events
@@ -137,23 +127,10 @@ pub async fn record_log_events(
         return Ok(LogsRecorded::default());
     }
     let mut tx = db.begin().await?;
-    let recorded: Vec<(String, String)> = sqlx::query_as(
-        "INSERT INTO auth0_stream_events (stream, id, type, user_id, occurred_at)
-         SELECT 'logs', * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[])
-         ON CONFLICT (stream, id) DO NOTHING
-         RETURNING id, user_id",
-    )
-    .bind(events.iter().map(|e| e.log_id.as_str()).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.type_code).collect::<Vec<_>>())
-    .bind(
-        events
-            .iter()
-            .map(|e| e.user_id.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(events.iter().map(|e| e.date).collect::<Vec<_>>())
-    .fetch_all(&mut *tx)
-    .await?;
+    let rows = events
+        .iter()
+        .map(|e| (e.log_id.as_str(), e.type_code, e.user_id.as_str(), e.date));
+    let recorded = record(&mut tx, Stream::Logs, rows).await?;
     let users: HashSet<&str> = recorded.iter().map(|(_, user)| user.as_str()).collect();
     let users: Vec<&str> = users.into_iter().collect();
     let to_refresh = waiting_refreshes(&mut tx, &users).await?;
@@ -168,6 +145,36 @@ pub async fn record_log_events(
         coalesced: users.len() - to_refresh.len(),
         log_ids: recorded.into_iter().map(|(id, _)| id).collect(),
     })
+}
+
+/// Records changes `(id, type, user_id, occurred_at)` of `stream` in the ledger; returns the
+/// `(id, user_id)` of those not recorded before (a redelivery returns nothing).
+async fn record<'a>(
+    conn: &mut PgConnection,
+    stream: Stream,
+    rows: impl Iterator<Item = (&'a str, &'a str, &'a str, Option<DateTime<Utc>>)>,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    let (mut ids, mut types, mut users, mut times) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (id, ty, user_id, at) in rows {
+        ids.push(id);
+        types.push(ty);
+        users.push(user_id);
+        times.push(at);
+    }
+    sqlx::query_as(
+        "INSERT INTO auth0_stream_events (stream, id, type, user_id, occurred_at)
+         SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::timestamptz[])
+         ON CONFLICT (stream, id) DO NOTHING
+         RETURNING id, user_id",
+    )
+    .bind(stream.as_str())
+    .bind(ids)
+    .bind(types)
+    .bind(users)
+    .bind(times)
+    .fetch_all(conn)
+    .await
 }
 
 /// Marks a refresh of each of `users` as waiting; returns those that had none waiting (and so

@@ -17,6 +17,28 @@ use crate::{
     web::body_limit,
 };
 
+/// A delivery to a stream's webhook, read: the caller authenticated (`secret`, presented as
+/// `credential`), then the body read (up to `limit` bytes) and parsed by `read`. Otherwise the
+/// complete answer to send: 404 when the stream is off, 401 without its secret, 413/400 for the
+/// body, 400 with `read`'s reason (also logged, for `what`).
+pub async fn delivery<T>(
+    req: &Request,
+    body: Body,
+    (secret, credential): (Option<&Secret>, Credential),
+    limit: usize,
+    read: impl FnOnce(&[u8]) -> Result<T, String>,
+    what: &'static str,
+) -> poem::Result<T> {
+    let refused = poem::Error::from_response;
+    let body = authenticated_body(req, body, secret, credential, limit)
+        .await
+        .map_err(refused)?;
+    read(&body).map_err(|reason| {
+        tracing::warn!(%reason, "{what} delivery refused");
+        refused(refuse(req, StatusCode::BAD_REQUEST, &reason))
+    })
+}
+
 /// How a stream presents its secret in `Authorization`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Credential {
@@ -31,7 +53,7 @@ pub enum Credential {
 
 /// Checks the caller, then reads the body (up to `limit` bytes). The refusal otherwise: 404 when
 /// `configured` is `None`, 401 without the right secret, 413/400 for the body.
-pub async fn authenticated_body(
+async fn authenticated_body(
     req: &Request,
     body: Body,
     configured: Option<&Secret>,
@@ -90,13 +112,8 @@ fn accepts(secret: &Secret, credential: Credential, sent: &str) -> bool {
 }
 
 /// A refusal as the problem document machines read.
-pub fn refuse(req: &Request, status: StatusCode, message: &str) -> Response {
+fn refuse(req: &Request, status: StatusCode, message: &str) -> Response {
     render(Audience::Api, status, message, req.header("x-request-id"))
-}
-
-/// 400 for a delivery that cannot be read.
-pub fn bad_request(req: &Request, message: &str) -> Response {
-    refuse(req, StatusCode::BAD_REQUEST, message)
 }
 
 /// What a delivery did, in the 202 answer (Auth0 only looks at the status; people debugging a
@@ -112,8 +129,15 @@ pub struct Receipt {
 }
 
 impl Receipt {
-    /// 202 Accepted: the changes are durably queued and will be applied shortly.
-    pub fn into_response(self) -> Response {
+    /// 202 Accepted: the changes are durably queued and will be applied shortly (logged at
+    /// debug, for `what`).
+    pub fn answer(self, what: &'static str) -> Response {
+        tracing::debug!(
+            accepted = self.accepted,
+            duplicates = self.duplicates,
+            ignored = self.ignored,
+            "{what} delivery queued"
+        );
         Response::builder()
             .status(StatusCode::ACCEPTED)
             .content_type("application/json")

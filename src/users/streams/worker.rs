@@ -96,7 +96,7 @@ pub async fn run(
         db.clone(),
         context.options.ledger_retention,
     )));
-    job::keep_running("user changes", shutdown.clone(), || {
+    job::keep_running("changes", shutdown, |name, stopped| {
         let config = Config::default()
             .queue(queue::QUEUE)
             .batch_size(context.options.concurrency)
@@ -105,17 +105,12 @@ pub async fn run(
         let backend = PostgresStorage::<UserChange>::new(&db)
             .with_config(config)
             .poll_with_strategy(Wakeups::new(&db));
-        let name = format!("quotebook-changes-{}", crate::users::random_id());
-        let worker = WorkerBuilder::new(name)
+        WorkerBuilder::new(name)
             .backend(backend)
             .data(context.clone())
             .concurrency(context.options.concurrency)
-            .build(handle);
-        let stop = shutdown.clone();
-        worker.run_until(async move {
-            stop.await;
-            Ok::<(), std::io::Error>(())
-        })
+            .build(handle)
+            .run_until(stopped)
     })
     .await;
     drop(pruning);
