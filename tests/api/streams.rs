@@ -1032,3 +1032,83 @@ async fn deliveries_through_a_transaction_pooler_leave_nothing_on_its_connection
         assert!(server.listening.is_empty(), "LISTEN on {server:?}");
     }
 }
+
+#[tokio::test]
+async fn old_ids_and_finished_jobs_are_forgotten() {
+    let app = app_fed_by(Feeds::Events).await;
+    let tenant = tenant_of(&app).await;
+    let user_id = user_id_of(&app, "admin@example.com");
+    tenant
+        .patch(&user_id, json!({"name": "Remembered"}))
+        .await
+        .unwrap();
+    all_processed_after(&app, 1).await;
+    let finished_jobs = "SELECT count(*) FROM apalis.jobs
+        WHERE job_type = 'quotebook.user_changes' AND status = 'Done'";
+    eventually("the job marked done", || async {
+        (count(&app, finished_jobs).await == 1).then_some(())
+    })
+    .await;
+    let week_ago = Utc::now() - chrono::Duration::days(7);
+    let kept = quotebook::users::streams::worker::prune(&app.db, week_ago)
+        .await
+        .unwrap();
+    assert_eq!(kept, 0, "nothing is a week old");
+    let pruned = quotebook::users::streams::worker::prune(
+        &app.db,
+        Utc::now() + chrono::Duration::minutes(1),
+    )
+    .await
+    .unwrap();
+    assert_eq!(pruned, 2, "the ledger row and the finished job");
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM auth0_stream_events").await,
+        0
+    );
+    assert_eq!(count(&app, finished_jobs).await, 0);
+    assert_eq!(
+        row(&app, &user_id).await.unwrap().name.as_deref(),
+        Some("Remembered"),
+        "the users row is not the ledger's"
+    );
+}
+
+/// As `cargo run` starts: no token configured, the emulator's streams deliver to the app with
+/// a token pair made for the run, and an edit at the emulator shows on the admin page.
+#[tokio::test]
+async fn in_development_the_emulators_streams_deliver_to_the_app_by_default() {
+    let app =
+        spawn_app_with_worker(&[("SYNC_SCHEDULE", NEVER), ("SYNC_FULL_SCHEDULE", NEVER)]).await;
+    let admin = app.signed_in_client("admin@example.com").await;
+    let user_id = user_id_of(&app, "admin@example.com");
+    tenant_of(&app)
+        .await
+        .patch(&user_id, json!({"name": "Edited at the emulator"}))
+        .await
+        .unwrap();
+    row_where(&app, &user_id, "the edit reached users", |r| {
+        r.name.as_deref() == Some("Edited at the emulator")
+    })
+    .await;
+    let streams: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT stream FROM auth0_stream_events ORDER BY 1")
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(streams, ["events", "logs"], "both streams deliver");
+    let card = admin
+        .get(app.url("/admin/streams"))
+        .header("HX-Request", "true")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(card.contains("Event Stream: on"), "{card}");
+    assert!(card.contains("Log Stream: on"), "{card}");
+    assert!(
+        card.contains("Edited at the emulator") || card.contains("admin@example.com"),
+        "{card}"
+    );
+}

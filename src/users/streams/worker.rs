@@ -11,7 +11,8 @@
 //!
 //! Jobs run concurrently ([`WorkerOptions::concurrency`]); two changes of one user still apply
 //! one after the other (the row lock in [`super::apply`]). The ledger keeps a week of ids
-//! (older redeliveries are still harmless: an old profile never replaces a newer one).
+//! (older redeliveries are still harmless: an old profile never replaces a newer one), and
+//! finished jobs go after a week too.
 
 use std::{sync::Arc, time::Duration};
 
@@ -54,7 +55,8 @@ pub struct WorkerOptions {
     /// The delay before the second attempt; it doubles for each further one.
     pub refresh_retry_base: Duration,
     pub refresh_retry_max: Duration,
-    /// How long the ledger remembers ids (redeliveries inside this window are recognised).
+    /// How long the ledger remembers ids (redeliveries inside this window are recognised), and
+    /// finished jobs are kept.
     pub ledger_retention: chrono::Duration,
 }
 
@@ -349,15 +351,17 @@ async fn prune_every_hour(db: PgPool, retention: chrono::Duration) {
         every.tick().await;
         match prune(&db, Utc::now() - retention).await {
             Ok(0) => {}
-            Ok(pruned) => tracing::debug!(pruned, "old Auth0 stream ids forgotten"),
+            Ok(pruned) => tracing::debug!(pruned, "old Auth0 stream ids and jobs forgotten"),
             Err(err) => tracing::warn!(error = %err, "could not prune the Auth0 stream ledger"),
         }
     }
 }
 
-/// Forgets ledger rows received before `before`, a few thousand a statement so no lock is
-/// held for long. Returns how many went.
+/// Forgets ledger rows received before `before`, and the finished jobs of this worker's queue
+/// done before it (apalis keeps them, with their payloads), a few thousand a statement so no
+/// lock is held for long. Returns how many rows went.
 pub async fn prune(db: &PgPool, before: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+    const BATCH: u64 = 5000;
     let mut pruned = 0;
     loop {
         let gone = sqlx::query(
@@ -369,7 +373,26 @@ pub async fn prune(db: &PgPool, before: DateTime<Utc>) -> Result<u64, sqlx::Erro
         .await?
         .rows_affected();
         pruned += gone;
-        if gone < 5000 {
+        if gone < BATCH {
+            break;
+        }
+    }
+    loop {
+        let gone = sqlx::query(
+            "DELETE FROM apalis.jobs WHERE id IN (
+                 SELECT id FROM apalis.jobs
+                 WHERE job_type = $2 AND done_at < $1
+                   AND (status IN ('Done', 'Killed')
+                        OR (status = 'Failed' AND attempts >= max_attempts))
+                 LIMIT 5000)",
+        )
+        .bind(before)
+        .bind(queue::QUEUE)
+        .execute(db)
+        .await?
+        .rows_affected();
+        pruned += gone;
+        if gone < BATCH {
             return Ok(pruned);
         }
     }
