@@ -1090,12 +1090,15 @@ async fn in_development_the_emulators_streams_deliver_to_the_app_by_default() {
         r.name.as_deref() == Some("Edited at the emulator")
     })
     .await;
-    let streams: Vec<String> =
-        sqlx::query_scalar("SELECT DISTINCT stream FROM auth0_stream_events ORDER BY 1")
-            .fetch_all(&app.db)
-            .await
-            .unwrap();
-    assert_eq!(streams, ["events", "logs"], "both streams deliver");
+    eventually("both streams delivered", || async {
+        let streams: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT stream FROM auth0_stream_events ORDER BY 1")
+                .fetch_all(&app.db)
+                .await
+                .unwrap();
+        (streams == ["events", "logs"]).then_some(())
+    })
+    .await;
     let card = admin
         .get(app.url("/admin/streams"))
         .header("HX-Request", "true")
