@@ -1115,3 +1115,22 @@ async fn in_development_the_emulators_streams_deliver_to_the_app_by_default() {
         "{card}"
     );
 }
+
+/// A refresh whose job was lost (the database failed it to the end) does not keep the user from
+/// ever being refreshed again: a new log event queues a new one.
+#[tokio::test]
+async fn a_refresh_left_waiting_too_long_is_queued_again() {
+    let app = app_fed_by(Feeds::Events).await;
+    let user_id = user_id_of(&app, "admin@example.com");
+    sqlx::query(
+        "INSERT INTO user_refreshes (user_id, requested_at) VALUES ($1, now() - interval '1 hour')",
+    )
+    .bind(&user_id)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let (status, _) = post_logs(&app, login_batch(&user_id, 1)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    row_where(&app, &user_id, "refreshed", |r| r.raw.is_some()).await;
+    all_processed(&app).await;
+}

@@ -178,20 +178,27 @@ async fn record<'a>(
 }
 
 /// Marks a refresh of each of `users` as waiting; returns those that had none waiting (and so
-/// need a job).
+/// need a job). A refresh waiting longer than any retry delay ([`STALE_WAIT`]) lost its job (the
+/// database failed it to the end), so it counts as none and gets a new one.
 async fn waiting_refreshes(
     conn: &mut PgConnection,
     users: &[&str],
 ) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
         "INSERT INTO user_refreshes (user_id) SELECT * FROM UNNEST($1::text[])
-         ON CONFLICT (user_id) DO NOTHING
+         ON CONFLICT (user_id) DO UPDATE SET requested_at = now()
+             WHERE user_refreshes.requested_at < now() - make_interval(secs => $2)
          RETURNING user_id",
     )
     .bind(users)
+    .bind(STALE_WAIT.as_secs_f64())
     .fetch_all(conn)
     .await
 }
+
+/// Longer than a refresh ever waits for its job: the longest retry delay
+/// (`worker::WorkerOptions::refresh_retry_max`, 10 minutes) with room to spare.
+pub const STALE_WAIT: Duration = Duration::from_secs(15 * 60);
 
 fn refresh(user_id: &str, attempt: u32) -> UserChange {
     UserChange::Refresh {
