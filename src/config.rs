@@ -197,6 +197,20 @@ pub struct EmulatorSettings {
     pub persist_key: bool,
 }
 
+/// Auth0's pushes of user changes (README "Event Streams and Log Streams"). A stream whose token
+/// is unset is off: its webhook answers 404.
+#[derive(Debug, Clone, Default)]
+pub struct StreamSettings {
+    /// `AUTH0_EVENTS_TOKEN`: the Event Stream's bearer token; deliveries to
+    /// `/webhooks/auth0/events` carry `Authorization: Bearer <token>`.
+    /// https://auth0.com/docs/customize/events/create-an-event-stream
+    pub events_token: Option<Secret>,
+    /// `AUTH0_LOG_STREAM_TOKEN`: the Log Stream's "Authorization Token", which Auth0 sends as the
+    /// whole `Authorization` header of deliveries to `/webhooks/auth0/logs`.
+    /// https://auth0.com/docs/customize/log-streams/custom-log-streams
+    pub log_stream_token: Option<Secret>,
+}
+
 #[derive(Debug, Clone)]
 pub struct MetricsSettings {
     /// `METRICS_TOKEN`: bearer token for `/metrics` on the main port.
@@ -223,6 +237,7 @@ pub struct Settings {
     pub sync: SyncSettings,
     pub metrics: MetricsSettings,
     pub emulator: EmulatorSettings,
+    pub streams: StreamSettings,
 }
 
 /// A setting that could not be accepted; the message names the variable and what it expects.
@@ -422,6 +437,10 @@ impl Settings {
                 seed_users: parse_number(&get, "AUTH0_EMULATOR_USERS", 20)?,
                 persist_key: parse_bool(&get, "AUTH0_EMULATOR_PERSIST_KEY", true)?,
             },
+            streams: StreamSettings {
+                events_token: webhook_token(&get, "AUTH0_EVENTS_TOKEN", production)?,
+                log_stream_token: webhook_token(&get, "AUTH0_LOG_STREAM_TOKEN", production)?,
+            },
             metrics: MetricsSettings {
                 token: get("METRICS_TOKEN").map(Secret::new),
                 addr: match get("METRICS_ADDR") {
@@ -578,6 +597,36 @@ fn login_settings(get: &impl Fn(&str) -> Option<String>) -> Result<LoginSettings
         ));
     }
     Ok(LoginSettings { audience, scopes })
+}
+
+/// The shortest webhook token production accepts: anyone who can guess it can write users.
+const MIN_WEBHOOK_TOKEN: usize = 16;
+
+/// A webhook's shared secret: compared with an HTTP header, so printable ASCII only
+/// (RFC 9110 section 5.5), and not guessable in production.
+fn webhook_token(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    production: bool,
+) -> Result<Option<Secret>, ConfigError> {
+    let Some(token) = get(var) else {
+        return Ok(None);
+    };
+    if !token.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        return Err(ConfigError::new(
+            var,
+            "expected printable ASCII (it travels in an HTTP header), e.g. `openssl rand -hex 32`",
+        ));
+    }
+    if production && token.len() < MIN_WEBHOOK_TOKEN {
+        return Err(ConfigError::new(
+            var,
+            format!(
+                "at least {MIN_WEBHOOK_TOKEN} characters in production (e.g. `openssl rand -hex 32`)"
+            ),
+        ));
+    }
+    Ok(Some(Secret::new(token)))
 }
 
 fn parse_http_url(var: &'static str, raw: &str) -> Result<Url, ConfigError> {
@@ -846,6 +895,38 @@ mod tests {
     fn base_url_must_be_a_url() {
         let err = Settings::from_vars(&vars(&[("APP_BASE_URL", "not a url")])).unwrap_err();
         assert_eq!(err.var, "APP_BASE_URL");
+    }
+
+    #[test]
+    fn webhook_tokens_are_printable_and_long_enough_in_production() {
+        let with = |env: &str, token: &str| {
+            let mut pairs = production();
+            pairs.retain(|(k, _)| *k != "APP_ENV");
+            pairs.push(("APP_ENV", env));
+            pairs.push(("AUTH0_EVENTS_TOKEN", token));
+            pairs.push(("AUTH0_LOG_STREAM_TOKEN", "Bearer 0123456789abcdef"));
+            Settings::from_vars(&vars(&pairs))
+        };
+        assert_eq!(
+            with("production", "short").unwrap_err().var,
+            "AUTH0_EVENTS_TOKEN"
+        );
+        assert!(with("development", "short").is_ok());
+        assert_eq!(
+            with("development", "tab\there").unwrap_err().var,
+            "AUTH0_EVENTS_TOKEN"
+        );
+        let s = with("production", "0123456789abcdef0123").unwrap();
+        assert_eq!(
+            s.streams.events_token.unwrap().expose(),
+            "0123456789abcdef0123"
+        );
+        assert_eq!(
+            s.streams.log_stream_token.unwrap().expose(),
+            "Bearer 0123456789abcdef"
+        );
+        let quiet = Settings::from_vars(&HashMap::new()).unwrap();
+        assert!(quiet.streams.events_token.is_none() && quiet.streams.log_stream_token.is_none());
     }
 
     #[test]

@@ -111,7 +111,13 @@ pub enum Audience {
 impl Audience {
     pub fn of(req: &Request) -> Self {
         let path = req.uri().path();
-        if path.starts_with("/api/") || path == "/api" || path == "/auth/me" || path == "/metrics" {
+        // Machines read the answers of the API, metrics and the provider's webhook deliveries.
+        if path.starts_with("/api/")
+            || path == "/api"
+            || path == "/auth/me"
+            || path == "/metrics"
+            || path.starts_with("/webhooks/")
+        {
             Self::Api
         } else if HxRequest::of(req).0 {
             Self::Fragment

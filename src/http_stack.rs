@@ -53,6 +53,8 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-
 #[derive(Debug, Clone, Copy)]
 pub struct StackSettings {
     pub body_limit: usize,
+    /// Routes that read their own (larger) bodies after authenticating the caller.
+    pub own_body_limits: &'static [crate::web::body_limit::OwnBodyLimit],
     pub request_timeout: Duration,
     /// Whether `X-Forwarded-Proto` from a trusted proxy (Fly) decides the scheme.
     pub trust_proxy_headers: bool,
@@ -64,9 +66,12 @@ pub fn wrap(
     settings: StackSettings,
 ) -> BoxEndpoint<'static> {
     let body_limit = settings.body_limit;
+    let own_body_limits = settings.own_body_limits;
     let inner = PoemService(Arc::new(
         app.into_endpoint()
-            .around(move |ep, req| crate::web::body_limit::read_within(ep, req, body_limit))
+            .around(move |ep, req| {
+                crate::web::body_limit::read_within(ep, req, body_limit, own_body_limits)
+            })
             .around(crate::error::render_errors)
             .around(move |ep, req| crate::observability::observe(ep, req, settings.request_timeout))
             .map_to_response()

@@ -41,7 +41,8 @@ enum Command {
         #[arg(long)]
         full: bool,
     },
-    /// Run only the background worker (user sync jobs and their schedule).
+    /// Run only the background worker (user sync jobs and their schedule, and the user changes
+    /// Auth0's Event Streams and Log Streams deliver).
     Worker,
     /// Run the built-in Auth0 emulator on its own (development and tests only).
     #[cfg(feature = "emulator")]
@@ -87,6 +88,23 @@ struct EmulatorArgs {
     /// Spell the issuer without a trailing slash (as Google, Okta and Keycloak do).
     #[arg(long)]
     issuer_without_trailing_slash: bool,
+    /// Event Stream webhook to deliver user events to, e.g.
+    /// http://localhost:3000/webhooks/auth0/events (with --event-stream-token).
+    #[arg(long, requires = "event_stream_token")]
+    event_stream_url: Option<url::Url>,
+    /// The Event Stream's bearer token (the app's AUTH0_EVENTS_TOKEN).
+    #[arg(long, env = "AUTH0_EVENTS_TOKEN", hide_env_values = true)]
+    event_stream_token: Option<String>,
+    /// Log Stream (custom webhook) to deliver tenant log events to, e.g.
+    /// http://localhost:3000/webhooks/auth0/logs.
+    #[arg(long)]
+    log_stream_url: Option<url::Url>,
+    /// The Log Stream's Authorization Token (the app's AUTH0_LOG_STREAM_TOKEN).
+    #[arg(long, env = "AUTH0_LOG_STREAM_TOKEN", hide_env_values = true)]
+    log_stream_authorization: Option<String>,
+    /// The Log Stream's Content Format: json-lines, json-array or json-object.
+    #[arg(long, default_value = "json-lines")]
+    log_stream_format: quotebook::emulator::LogStreamFormat,
 }
 
 /// Every request allocates and frees many small, short-lived blocks (poem boxes each endpoint's
@@ -188,13 +206,22 @@ async fn worker(settings: Settings) -> anyhow::Result<()> {
         };
         let issuer = users::management_issuer(&settings)?;
         let syncer = users::syncer(database.pool.clone(), &settings, issuer)?;
-        users::job::run_worker(
+        let shutdown = shutdown_signal().shared();
+        // The refreshes share the sync's Management API client: one token, one rate budget.
+        let changes = users::streams::worker::run(
+            database.pool.clone(),
+            syncer.api().clone(),
+            users::streams::worker::WorkerOptions::default(),
+            shutdown.clone(),
+        );
+        let sync = users::job::run_worker(
             syncer,
             &settings.sync,
             users::job::WorkerOptions::default(),
-            shutdown_signal(),
-        )
-        .await
+            shutdown,
+        );
+        let (sync, changes) = tokio::join!(sync, changes);
+        sync.and(changes)
     }
     .await;
     database.close().await;
@@ -214,7 +241,10 @@ async fn migrate(settings: Settings) -> anyhow::Result<()> {
 
 #[cfg(feature = "emulator")]
 async fn emulator(args: EmulatorArgs) -> anyhow::Result<()> {
-    use quotebook::emulator::{Emulator, EmulatorConfig, IssuerIdentifier};
+    use quotebook::emulator::{
+        Emulator, EmulatorConfig, EventStreamDestination, IssuerIdentifier, LogStreamDestination,
+        StreamDestinations,
+    };
     let emulator = Emulator::start(EmulatorConfig {
         bind: std::net::SocketAddr::from(([127, 0, 0, 1], args.port)),
         client_id: args.client_id,
@@ -232,6 +262,17 @@ async fn emulator(args: EmulatorArgs) -> anyhow::Result<()> {
             IssuerIdentifier::Auth0
         },
         apis: args.apis,
+        streams: StreamDestinations {
+            events: args
+                .event_stream_url
+                .zip(args.event_stream_token)
+                .map(|(url, token)| EventStreamDestination { url, token }),
+            logs: args.log_stream_url.map(|url| LogStreamDestination {
+                url,
+                authorization: args.log_stream_authorization,
+                format: args.log_stream_format,
+            }),
+        },
     })
     .await?;
     tracing::warn!(

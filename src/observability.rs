@@ -69,6 +69,21 @@ pub mod names {
     /// Label `status`: the HTTP status code, or `error` when no response came back.
     pub const AUTH0_API_REQUESTS_TOTAL: &str = "auth0_api_requests_total";
     pub const SYNC_LAST_SUCCESS: &str = "sync_last_success_timestamp_seconds";
+    /// Changes received from Auth0's streams, by `stream` (`events`, `logs`) and `type`
+    /// (`user.created`, ..., a log event type code such as `s` or `sapi`, or `other`).
+    pub const AUTH0_STREAM_EVENTS_TOTAL: &str = "auth0_stream_events_total";
+    /// Redeliveries ignored (an `id` or `log_id` already received), by `stream`.
+    pub const AUTH0_STREAM_DUPLICATES_TOTAL: &str = "auth0_stream_duplicates_total";
+    /// Changes the worker finished, by `stream` and `outcome` (`applied`, `stale`, `deleted`,
+    /// `unusable`, `failed`).
+    pub const AUTH0_STREAM_CHANGES_TOTAL: &str = "auth0_stream_changes_total";
+    /// From a change at Auth0 (the event's `time`, the log's `date`) to `users`, by `stream`.
+    pub const AUTH0_STREAM_LAG: &str = "auth0_stream_lag_seconds";
+    /// Log events that asked for a user refresh, by `coalesced` (`true`: one was waiting).
+    pub const USER_REFRESH_REQUESTS_TOTAL: &str = "user_refresh_requests_total";
+    /// User refreshes (`GET /api/v2/users/{id}`) done, by `outcome` (as the changes', and
+    /// `retried`).
+    pub const USER_REFRESHES_TOTAL: &str = "user_refreshes_total";
 }
 
 static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -80,10 +95,17 @@ pub fn recorder() -> Option<&'static PrometheusHandle> {
             let buckets = [
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ];
+            // Changes from Auth0 are waited for in seconds, not milliseconds.
+            let lag_buckets = [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0];
             PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     metrics_exporter_prometheus::Matcher::Suffix("duration_seconds".into()),
                     &buckets,
+                )
+                .ok()?
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(names::AUTH0_STREAM_LAG.into()),
+                    &lag_buckets,
                 )
                 .ok()?
                 .install_recorder()
@@ -132,6 +154,84 @@ fn describe() {
         }
     }
     metrics::counter!(USERS_SYNCED_TOTAL).increment(0);
+    describe_counter!(
+        AUTH0_STREAM_EVENTS_TOTAL,
+        "User changes received from Auth0 Event Streams and Log Streams, by stream and type"
+    );
+    describe_counter!(
+        AUTH0_STREAM_DUPLICATES_TOTAL,
+        "Redelivered Auth0 stream events ignored (id or log_id seen before), by stream"
+    );
+    describe_counter!(
+        AUTH0_STREAM_CHANGES_TOTAL,
+        "Auth0 stream changes the worker finished, by stream and outcome"
+    );
+    describe_histogram!(
+        AUTH0_STREAM_LAG,
+        Unit::Seconds,
+        "From a change at Auth0 to the users table, by stream"
+    );
+    describe_counter!(
+        USER_REFRESH_REQUESTS_TOTAL,
+        "Log events that asked for a user refresh, by whether one was already waiting"
+    );
+    describe_counter!(
+        USER_REFRESHES_TOTAL,
+        "User refreshes (GET /api/v2/users/{id}) done, by outcome"
+    );
+    for stream in ["events", "logs"] {
+        metrics::counter!(AUTH0_STREAM_DUPLICATES_TOTAL, "stream" => stream).increment(0);
+    }
+    for coalesced in ["true", "false"] {
+        metrics::counter!(USER_REFRESH_REQUESTS_TOTAL, "coalesced" => coalesced).increment(0);
+    }
+}
+
+/// A change received from an Auth0 stream (`ty` from a closed set: see the metric), or a
+/// redelivery of one.
+pub fn stream_event_received(
+    stream: crate::users::streams::Stream,
+    ty: &'static str,
+    duplicate: bool,
+) {
+    if duplicate {
+        metrics::counter!(names::AUTH0_STREAM_DUPLICATES_TOTAL, "stream" => stream.as_str())
+            .increment(1);
+    } else {
+        metrics::counter!(names::AUTH0_STREAM_EVENTS_TOTAL, "stream" => stream.as_str(), "type" => ty)
+            .increment(1);
+    }
+}
+
+/// Refreshes a Log Stream batch queued, and users of it whose refresh was already waiting.
+pub fn user_refreshes_queued(queued: usize, coalesced: usize) {
+    metrics::counter!(names::USER_REFRESH_REQUESTS_TOTAL, "coalesced" => "false")
+        .increment(queued as u64);
+    metrics::counter!(names::USER_REFRESH_REQUESTS_TOTAL, "coalesced" => "true")
+        .increment(coalesced as u64);
+}
+
+/// The worker finished a change (`outcome` from a closed set); `occurred` holds when each
+/// change it closed happened at Auth0, for the lag.
+pub fn stream_change_applied(
+    stream: crate::users::streams::Stream,
+    outcome: &'static str,
+    occurred: &[Option<chrono::DateTime<chrono::Utc>>],
+) {
+    let now = chrono::Utc::now();
+    for at in occurred {
+        metrics::counter!(names::AUTH0_STREAM_CHANGES_TOTAL, "stream" => stream.as_str(), "outcome" => outcome)
+            .increment(1);
+        if let Some(at) = at {
+            let lag = (now - *at).num_milliseconds().max(0) as f64 / 1000.0;
+            metrics::histogram!(names::AUTH0_STREAM_LAG, "stream" => stream.as_str()).record(lag);
+        }
+    }
+}
+
+/// A user refresh ended (`outcome` from a closed set).
+pub fn user_refreshed(outcome: &'static str) {
+    metrics::counter!(names::USER_REFRESHES_TOTAL, "outcome" => outcome).increment(1);
 }
 
 /// A sync run ended (`mode` is the mode it ran as: an incremental can turn into a full sync).

@@ -123,7 +123,11 @@ impl Application {
 
         #[cfg(feature = "emulator")]
         let emulator = match &settings.auth.provider {
-            IdentityProvider::Emulator { bind } => Some(start_emulator(&settings, *bind).await?),
+            IdentityProvider::Emulator { bind } => {
+                let bind = *bind;
+                default_stream_tokens(&mut settings.streams);
+                Some(start_emulator(&settings, bind).await?)
+            }
             IdentityProvider::External { .. } => None,
         };
         let issuer = match &settings.auth.provider {
@@ -217,6 +221,7 @@ impl Application {
                 .data(state),
             StackSettings {
                 body_limit: settings.body_limit,
+                own_body_limits: crate::users::streams::BODY_LIMITS,
                 request_timeout: settings.request_timeout,
                 trust_proxy_headers: settings.trust_proxy_headers,
             },
@@ -247,7 +252,8 @@ impl Application {
         self.emulator.as_ref()
     }
 
-    /// Starts the sync worker and schedule (apalis) next to the web server, on the direct
+    /// Starts the workers (the sync and its schedule, the changes Auth0 pushes) next to the web
+    /// server, on the direct
     /// database URL when there is one (the job queue's `LISTEN`, its locks and the sync's run
     /// lock need a session of their own); otherwise `DATABASE_URL` keeps sessions itself.
     pub async fn spawn_worker(
@@ -267,12 +273,27 @@ impl Application {
         };
         #[cfg(not(feature = "emulator"))]
         let issuer = crate::users::management_issuer(settings)?;
-        Ok(crate::users::job::spawn_worker(
-            crate::users::syncer(pool, settings, issuer)?,
+        let syncer = crate::users::syncer(pool.clone(), settings, issuer)?;
+        let shutdown = futures::FutureExt::shared(futures::FutureExt::boxed(shutdown));
+        // The refreshes share the sync's Management API client: one token, one rate budget.
+        let changes = crate::users::streams::worker::spawn(
+            pool,
+            syncer.api().clone(),
+            crate::users::streams::worker::WorkerOptions::default(),
+            shutdown.clone(),
+        );
+        let sync = crate::users::job::spawn_worker(
+            syncer,
             settings.sync.clone(),
             crate::users::job::WorkerOptions::default(),
             shutdown,
-        ))
+        );
+        Ok(tokio::spawn(async move {
+            let (sync, changes) = tokio::join!(sync, changes);
+            sync??;
+            changes??;
+            Ok(())
+        }))
     }
 
     /// Serves until `shutdown` resolves, drains in-flight requests (up to 10 s), then closes
@@ -303,6 +324,7 @@ fn routes() -> Route {
         .nest("/auth", crate::auth::routes())
         .nest("/api", crate::admin::api_routes())
         .nest("/admin", crate::admin::page_routes())
+        .nest("/webhooks", crate::users::streams::routes())
         .at("/healthz", named("/healthz", get(web::health::healthz)))
         .at("/readyz", named("/readyz", get(web::health::readyz)))
         .at(
@@ -337,6 +359,7 @@ async fn start_emulator(
         issuer: crate::emulator::IssuerIdentifier::Auth0,
         // The configured API, so sign-ins that ask for it are not refused.
         apis: settings.auth.login.audience.iter().cloned().collect(),
+        streams: dev_stream_destinations(settings)?,
     })
     .await?;
     tracing::warn!(
@@ -345,6 +368,55 @@ async fn start_emulator(
         emulator.issuer()
     );
     Ok(emulator)
+}
+
+/// Development mode: the emulator's Event Stream and Log Stream deliver to this app, so a change
+/// made in the emulator reaches `users` (and the admin page) in seconds. Their tokens are the
+/// configured ones, or a random pair for this run.
+#[cfg(feature = "emulator")]
+fn default_stream_tokens(streams: &mut crate::config::StreamSettings) {
+    let random = || {
+        let bytes: [u8; 24] = rand::random();
+        crate::config::Secret::new(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    };
+    streams.events_token.get_or_insert_with(random);
+    streams.log_stream_token.get_or_insert_with(random);
+}
+
+#[cfg(feature = "emulator")]
+fn dev_stream_destinations(
+    settings: &Settings,
+) -> anyhow::Result<crate::emulator::StreamDestinations> {
+    use crate::{
+        emulator::{EventStreamDestination, LogStreamDestination, StreamDestinations},
+        users::streams::{event_stream, log_stream},
+    };
+    let url = |path: &str| settings.base_url.join(path);
+    Ok(StreamDestinations {
+        events: settings
+            .streams
+            .events_token
+            .as_ref()
+            .map(|token| -> anyhow::Result<_> {
+                Ok(EventStreamDestination {
+                    url: url(event_stream::PATH)?,
+                    token: token.expose().to_owned(),
+                })
+            })
+            .transpose()?,
+        logs: settings
+            .streams
+            .log_stream_token
+            .as_ref()
+            .map(|token| -> anyhow::Result<_> {
+                Ok(LogStreamDestination {
+                    url: url(log_stream::PATH)?,
+                    authorization: Some(token.expose().to_owned()),
+                    format: Default::default(),
+                })
+            })
+            .transpose()?,
+    })
 }
 
 /// `/metrics` on its own (private) listener, e.g. Fly's metrics port.

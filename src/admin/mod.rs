@@ -75,6 +75,10 @@ pub fn page_routes() -> Route {
         .at("/", named("/admin", get(page::admin_page)))
         .at("/users", named("/admin/users", get(page::users_fragment)))
         .at("/runs", named("/admin/runs", get(page::runs_fragment)))
+        .at(
+            "/streams",
+            named("/admin/streams", get(page::streams_fragment)),
+        )
         .at("/sync", named("/admin/sync", post(page::start_sync)))
         .at(
             "/sync/:id/progress",

@@ -17,6 +17,7 @@ use crate::{
     users::{
         search::{self, Cursor, Filter, Position},
         store::UserRow,
+        streams::status::{self, Received, Waiting},
         sync_runs::{self, SyncMode, SyncRun, SyncTrigger},
     },
     web::{
@@ -27,6 +28,8 @@ use crate::{
 };
 
 const PER_PAGE: u32 = 25;
+/// Changes from Auth0 listed on the page.
+const RECENT_CHANGES: i64 = 8;
 /// htmx stops polling when it sees this status.
 const STOP_POLLING: u16 = 286;
 
@@ -86,6 +89,10 @@ pub async fn admin_page(
                 (runs_table(&runs))
             }
         }
+        section.card aria-labelledby="streams-heading" {
+            h2 #streams-heading { "Changes from Auth0" }
+            (streams_card(state).await?)
+        }
         section.card aria-labelledby="users-heading" {
             h2 #users-heading { "Users" }
             form method="get" action="/admin" role="search" {
@@ -121,6 +128,17 @@ pub async fn runs_fragment(
 ) -> AppResult<Markup> {
     require_admin(req, &session, state, false)?;
     Ok(runs_table(&sync_runs::recent(&state.db, 10).await?))
+}
+
+/// The streams card, polled every few seconds.
+#[handler]
+pub async fn streams_fragment(
+    Data(state): Data<&AppState>,
+    req: &Request,
+    session: Session,
+) -> AppResult<Markup> {
+    require_admin(req, &session, state, false)?;
+    streams_card(state).await
 }
 
 #[handler]
@@ -289,5 +307,99 @@ fn progress(run: &SyncRun) -> Markup {
             }
             @if let Some(error) = &run.error { p.field-error { (error) } }
         }
+    }
+}
+
+/// The last changes Auth0's streams delivered, how long each took, and what is waiting; it
+/// polls itself, so an edit at Auth0 shows up here within seconds.
+async fn streams_card(state: &AppState) -> AppResult<Markup> {
+    let recent = status::recent(&state.db, RECENT_CHANGES).await?;
+    let waiting = status::waiting(&state.db).await?;
+    let streams = &state.settings.streams;
+    let configured = [
+        ("Event Stream", streams.events_token.is_some()),
+        ("Log Stream", streams.log_stream_token.is_some()),
+    ];
+    Ok(html! {
+        div #streams hx-get="/admin/streams" hx-trigger="every 2s" hx-swap="outerHTML" {
+            p.muted {
+                @for (i, (name, on)) in configured.iter().enumerate() {
+                    @if i > 0 { " · " }
+                    (name) ": " @if *on { "on" } @else { "off (see the README to set one up)" }
+                }
+            }
+            (waiting_line(&waiting))
+            @if let Some(last) = recent.first() {
+                p { "Last received " (ago(last.received_at)) ": " strong { (last.r#type) } " for "
+                    (user_label(last)) "." }
+            } @else {
+                p { "Nothing received yet." }
+            }
+            div.table-wrap {
+                table {
+                    thead { tr {
+                        th { "Received" } th { "Stream" } th { "Change" } th { "User" }
+                        th { "Auth0 → app" } th { "App → users" } th { "Outcome" }
+                    } }
+                    tbody {
+                        @for change in &recent {
+                            tr {
+                                td { (change.received_at.format("%H:%M:%S")) }
+                                td { (change.stream) }
+                                td { (change.r#type) }
+                                td { (user_label(change)) }
+                                td { (seconds(change.delivery_lag())) }
+                                td { (seconds(change.processing_lag())) }
+                                td { (change.outcome.as_deref().unwrap_or("waiting")) }
+                            }
+                        }
+                        @if recent.is_empty() { tr { td colspan="7" { "No changes yet." } } }
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn waiting_line(waiting: &Waiting) -> Markup {
+    html! {
+        p {
+            @if waiting.changes == 0 {
+                "Up to date: nothing waiting."
+            } @else {
+                (waiting.changes) " waiting"
+                @if let Some(oldest) = waiting.oldest_received_at {
+                    ", the oldest for " (seconds(Some(chrono::Utc::now() - oldest)))
+                }
+                "."
+            }
+            @if waiting.refreshes > 0 {
+                " " (waiting.refreshes) " user refreshes queued."
+            }
+        }
+    }
+}
+
+fn user_label(change: &Received) -> String {
+    change
+        .email
+        .clone()
+        .or_else(|| change.name.clone())
+        .unwrap_or_else(|| change.user_id.clone())
+}
+
+/// `1.23 s`, or `—` when unknown.
+fn seconds(duration: Option<chrono::Duration>) -> String {
+    duration.map_or("—".to_owned(), |d| {
+        format!("{:.2} s", d.num_milliseconds().max(0) as f64 / 1000.0)
+    })
+}
+
+fn ago(at: chrono::DateTime<chrono::Utc>) -> String {
+    let secs = (chrono::Utc::now() - at).num_seconds().max(0);
+    match secs {
+        0..=59 => format!("{secs} s ago"),
+        60..=3599 => format!("{} min ago", secs / 60),
+        _ => at.format("%Y-%m-%d %H:%M").to_string(),
     }
 }

@@ -612,7 +612,16 @@ async fn create_user(shared: Data<&Arc<Shared>>, body: poem::Body) -> Response {
         payload.string("username")?;
         payload.bool("verify_email")?;
         let user = shared.users.create(new).map_err(store_error)?;
-        Ok(super::json_response(StatusCode::CREATED, &user.to_json()))
+        let body = user.to_json();
+        shared.streams.user_created(&user);
+        shared.streams.management_write(
+            "Create a User",
+            "post",
+            "/api/v2/users",
+            201,
+            Some(body.clone()),
+        );
+        Ok(super::json_response(StatusCode::CREATED, &body))
     }
     .await;
     result.unwrap_or_else(ApiError::into_response)
@@ -663,6 +672,10 @@ async fn update_user(
         payload.string("username")?;
         payload.bool("verify_email")?;
         let user = shared.users.update(&id, patch).map_err(store_error)?;
+        shared.streams.user_updated(&user);
+        shared
+            .streams
+            .management_write("Update a User", "patch", &user_path(&id), 200, None);
         Ok(super::json_response(StatusCode::OK, &user.to_json()))
     }
     .await;
@@ -672,6 +685,31 @@ async fn update_user(
 /// `DELETE /api/v2/users/{id}`: 204 whether or not the user existed, as Auth0 answers.
 #[handler]
 async fn delete_user(Path(id): Path<String>, shared: Data<&Arc<Shared>>) -> Response {
-    shared.users.delete(&id);
+    let gone = shared.users.get(&id);
+    if shared.users.delete(&id)
+        && let Some(user) = gone
+    {
+        shared.streams.user_deleted(&user);
+        shared
+            .streams
+            .management_write("Delete a User", "delete", &user_path(&id), 204, None);
+        shared
+            .streams
+            .log("sdu", "User successfully deleted", Some(&user), json!({}));
+    }
     Response::builder().status(StatusCode::NO_CONTENT).finish()
+}
+
+/// `/api/v2/users/{id}` as a tenant log records the request: the id percent-encoded, as
+/// Auth0's SDKs send it (`auth0%7C5c6b...`).
+fn user_path(id: &str) -> String {
+    const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    format!(
+        "/api/v2/users/{}",
+        percent_encoding::utf8_percent_encode(id, UNRESERVED)
+    )
 }

@@ -11,6 +11,9 @@
 //! - `/api/v2/users`, `/api/v2/users/{id}`, `/api/v2/jobs/users-exports`, `/api/v2/jobs/{id}`
 //!   (bearer token from `client_credentials` with `audience={issuer}api/v2/`)
 //! - `GET /exports/{file}`: the signed, gzipped export file a completed job points to
+//!
+//! It also posts what Auth0's Event Streams and Log Streams post ([`streams`]) to the
+//! destinations configured, when users sign up, log in, or change through the Management API.
 
 mod exports;
 mod keys;
@@ -19,6 +22,7 @@ mod management;
 mod oidc;
 mod rate_limit;
 mod search;
+mod streams;
 
 pub mod faults;
 pub mod users;
@@ -47,6 +51,9 @@ use tokio::sync::watch;
 use url::Url;
 
 pub use faults::{Faults, IdTokenFault};
+pub use streams::{
+    Deliveries, EventStreamDestination, LogStreamDestination, LogStreamFormat, StreamDestinations,
+};
 pub use users::{NewUser, StoreError, User, UserPatch, UserStore};
 
 use crate::config::{DEFAULT_ROLES_CLAIM, DEV_CLIENT_ID, DEV_CLIENT_SECRET};
@@ -92,6 +99,8 @@ pub struct EmulatorConfig {
     /// `/authorize` request for any other `audience` is refused with Auth0's
     /// `access_denied` "Service not found".
     pub apis: Vec<String>,
+    /// Where the tenant's Event Stream and Log Stream deliver (none by default).
+    pub streams: StreamDestinations,
 }
 
 impl EmulatorConfig {
@@ -110,6 +119,7 @@ impl EmulatorConfig {
             roles_claim: DEFAULT_ROLES_CLAIM.to_owned(),
             issuer: IssuerIdentifier::Auth0,
             apis: Vec::new(),
+            streams: StreamDestinations::default(),
         }
     }
 }
@@ -214,6 +224,7 @@ pub(crate) struct Shared {
     pub apis: Vec<String>,
     /// JWKS requests served (tests check that clients refetch keys sparingly).
     pub jwks_requests: AtomicU64,
+    pub streams: streams::Streams,
 }
 
 impl Shared {
@@ -308,6 +319,9 @@ impl Emulator {
             IssuerIdentifier::Claimed(other) => other,
         };
 
+        let (stop, mut stopped) = watch::channel(false);
+        let streams =
+            streams::Streams::start(config.streams, &issuer, &config.client_id, stopped.clone());
         let shared = Arc::new(Shared {
             issuer,
             issuer_identifier,
@@ -325,9 +339,9 @@ impl Emulator {
             roles_claim: config.roles_claim,
             apis: config.apis,
             jwks_requests: AtomicU64::new(0),
+            streams,
         });
 
-        let (stop, mut stopped) = watch::channel(false);
         let app = routes().data(shared.clone());
         tokio::spawn(async move {
             let signal = async move {
@@ -401,6 +415,17 @@ impl Emulator {
 
     pub fn faults(&self) -> &Faults {
         &self.running.shared.faults
+    }
+
+    /// The Event Stream and Log Stream deliveries: counters and switches.
+    pub fn deliveries(&self) -> &Deliveries {
+        &self.running.shared.streams.deliveries
+    }
+
+    /// Delivers the Event Stream and Log Stream to `destinations` from now on (`None`: off), as
+    /// editing the streams in Auth0's dashboard does.
+    pub fn deliver_streams_to(&self, destinations: StreamDestinations) {
+        self.running.shared.streams.deliver_to(destinations);
     }
 
     pub fn users(&self) -> &UserStore {

@@ -329,6 +329,9 @@ fn complete_login(
             state,
         );
     };
+    shared
+        .streams
+        .log("s", "Successful login", Some(&user), json!({}));
 
     let code = random_token(24);
     let client_id = shared.client().id.clone();
@@ -441,7 +444,13 @@ pub async fn login(shared: Data<&Arc<Shared>>, body: Body) -> Response {
                 let mut new = NewUser::with_email(email);
                 new.name = field("name").map(str::to_owned);
                 match shared.users.create(new) {
-                    Ok(user) => user,
+                    Ok(user) => {
+                        shared.streams.user_created(&user);
+                        shared
+                            .streams
+                            .log("ss", "Successful signup", Some(&user), json!({}));
+                        user
+                    }
                     Err(StoreError::Invalid(message)) => {
                         return again(StatusCode::UNPROCESSABLE_ENTITY, &message);
                     }

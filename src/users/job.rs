@@ -254,8 +254,7 @@ pub async fn run_worker(
         options: options.clone(),
         stop: shutdown.clone(),
     };
-    let mut restart_delay = Duration::from_secs(1);
-    loop {
+    keep_running("sync", shutdown, |name, stopped| {
         let config = Config::default()
             .queue(QUEUE)
             .batch_size(1)
@@ -264,25 +263,48 @@ pub async fn run_worker(
         let backend = PostgresStorage::<SyncUsers>::new(&db)
             .with_config(config)
             .with_pubsub();
-        // Unique per process: apalis registers workers by name under an advisory lock.
-        let name = format!("quotebook-sync-{}", crate::users::random_id());
-        let worker = WorkerBuilder::new(name)
+        WorkerBuilder::new(name)
             .backend(backend)
             .data(context.clone())
-            .build(handle);
+            .build(handle)
+            .run_until(stopped)
+    })
+    .await;
+    drop(cron_tasks);
+    tracing::info!("sync worker stopped");
+    Ok(())
+}
+
+/// Runs the apalis worker that `run_once` builds and runs (named `name`, until `stopped`
+/// resolves, at `shutdown`), building another with backoff (1 s, doubling up to a minute)
+/// whenever one stops or fails: a database outage ends an apalis worker, and a long-running
+/// process must recover by itself. `what` names the worker in the log and in its name, which is
+/// unique per process (apalis registers workers by name under an advisory lock).
+pub(crate) async fn keep_running<F, Fut, E>(
+    what: &'static str,
+    shutdown: Shared<BoxFuture<'static, ()>>,
+    mut run_once: F,
+) where
+    F: FnMut(String, BoxFuture<'static, Result<(), std::io::Error>>) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut restart_delay = Duration::from_secs(1);
+    loop {
+        let name = format!("quotebook-{what}-{}", crate::users::random_id());
         let stop = shutdown.clone();
-        let result = worker
-            .run_until(async move {
-                stop.await;
-                Ok::<(), std::io::Error>(())
-            })
-            .await;
+        let stopped = async move {
+            stop.await;
+            Ok(())
+        }
+        .boxed();
+        let result = run_once(name, stopped).await;
         if shutdown.clone().now_or_never().is_some() {
             break;
         }
         match result {
-            Ok(()) => tracing::warn!("sync worker stopped; restarting"),
-            Err(err) => tracing::error!(error = %err, "sync worker failed; restarting"),
+            Ok(()) => tracing::warn!(worker = what, "worker stopped; restarting"),
+            Err(err) => tracing::error!(worker = what, error = %err, "worker failed; restarting"),
         }
         tokio::select! {
             _ = tokio::time::sleep(restart_delay) => {}
@@ -290,9 +312,6 @@ pub async fn run_worker(
         }
         restart_delay = (restart_delay * 2).min(Duration::from_secs(60));
     }
-    drop(cron_tasks);
-    tracing::info!("sync worker stopped");
-    Ok(())
 }
 
 /// Spawns [`run_worker`] on the runtime; the handle resolves when it stops.

@@ -4,7 +4,8 @@
 //! Entry points for other slices:
 //! - admin API: [`job::trigger`], [`sync_runs::get`], [`sync_runs::recent`], [`search::search`],
 //!   [`store::get`];
-//! - startup: [`job::spawn_worker`] / [`job::run_worker`] with a [`sync::Syncer`].
+//! - startup: [`job::spawn_worker`] / [`job::run_worker`] with a [`sync::Syncer`], and
+//!   [`streams::worker`] for the changes Auth0 pushes ([`streams::routes`] receives them).
 
 pub mod auth0_api;
 pub mod auth0_user;
@@ -13,6 +14,7 @@ pub mod job;
 pub mod search;
 pub mod storable;
 pub mod store;
+pub mod streams;
 pub mod sync;
 pub mod sync_runs;
 

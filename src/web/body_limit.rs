@@ -11,6 +11,12 @@
 //! Compressed request bodies (`Content-Encoding`, RFC 9110 section 8.4) are refused with 415 and
 //! `Accept-Encoding: identity` (RFC 9110 section 15.5.16): no route takes them, and accepting
 //! them would need a second limit on the decoded size.
+//!
+//! The exception: routes listed as [`OwnBodyLimit`]s (Auth0's webhook deliveries) take larger
+//! bodies than any form, so they authenticate the caller first and then read the body
+//! themselves with [`read_own`], which answers exactly as this layer does. Nobody can make the
+//! app buffer a large body without the route's token; an oversized `Content-Length` is still
+//! refused here, before anything is read.
 
 use poem::{
     Body, Endpoint, IntoResponse, Request, Response,
@@ -20,13 +26,25 @@ use poem::{
 
 use crate::error::{Audience, render};
 
+/// A route (its exact path) whose handler reads its own body, after authenticating the caller,
+/// up to `limit` bytes with [`read_own`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnBodyLimit {
+    pub path: &'static str,
+    pub limit: usize,
+}
+
 /// Runs `next` with the request's body read into memory, or answers 413 (too large), 415
-/// (compressed) or 400 (the body broke off) for the request's audience.
+/// (compressed) or 400 (the body broke off) for the request's audience. A route in `own` gets
+/// its body unread (its `Content-Length` checked against its own limit).
 pub async fn read_within<E: Endpoint>(
     next: E,
     mut req: Request,
     limit: usize,
+    own: &[OwnBodyLimit],
 ) -> poem::Result<Response> {
+    let own = own.iter().find(|route| route.path == req.uri().path());
+    let limit = own.map_or(limit, |route| route.limit);
     if has_body(&req) && compressed(&req) {
         let mut response = refuse(
             &req,
@@ -45,14 +63,27 @@ pub async fn read_within<E: Endpoint>(
     if declared.is_some_and(|n| n > limit as u64) {
         return Ok(too_large(&req, limit));
     }
-    match req.take_body().into_bytes_limit(limit).await {
+    if own.is_some() {
+        return next.call(req).await.map(IntoResponse::into_response);
+    }
+    let body = req.take_body();
+    match read_own(&req, body, limit).await {
         Ok(bytes) => {
             req.set_body(Body::from(bytes));
             next.call(req).await.map(IntoResponse::into_response)
         }
-        Err(ReadBodyError::PayloadTooLarge) => Ok(too_large(&req, limit)),
-        Err(_) => Ok(refuse(
-            &req,
+        Err(refused) => Ok(refused),
+    }
+}
+
+/// Reads `body` (of `req`) up to `limit` bytes, however it is sent; the answer for a body that is
+/// too large (413) or broke off (400) otherwise, as the request's audience expects it.
+pub async fn read_own(req: &Request, body: Body, limit: usize) -> Result<bytes::Bytes, Response> {
+    match body.into_bytes_limit(limit).await {
+        Ok(bytes) => Ok(bytes),
+        Err(ReadBodyError::PayloadTooLarge) => Err(too_large(req, limit)),
+        Err(_) => Err(refuse(
+            req,
             StatusCode::BAD_REQUEST,
             "The request body could not be read completely. Please try again.",
         )),
@@ -91,9 +122,12 @@ fn refuse(req: &Request, status: StatusCode, message: &str) -> Response {
     )
 }
 
-/// `65536` → "64 KiB", `1000` → "1000 bytes".
+/// `65536` → "64 KiB", `4194304` → "4 MiB", `1000` → "1000 bytes".
 fn size(bytes: usize) -> String {
-    if bytes >= 1024 && bytes.is_multiple_of(1024) {
+    const MIB: usize = 1024 * 1024;
+    if bytes >= MIB && bytes.is_multiple_of(MIB) {
+        format!("{} MiB", bytes / MIB)
+    } else if bytes >= 1024 && bytes.is_multiple_of(1024) {
         format!("{} KiB", bytes / 1024)
     } else {
         format!("{bytes} bytes")
@@ -105,6 +139,7 @@ mod tests {
     #[test]
     fn sizes_read_as_people_write_them() {
         assert_eq!(super::size(65_536), "64 KiB");
+        assert_eq!(super::size(4 * 1024 * 1024), "4 MiB");
         assert_eq!(super::size(1000), "1000 bytes");
     }
 }

@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 
 pub mod pgbouncer;
 pub mod tcp_proxy;
+pub mod tenant;
 
 /// The server every test database lives on, and the migrated template.
 pub struct TestCluster {

@@ -20,5 +20,6 @@ mod quotes;
 mod search;
 mod second_provider;
 mod sign_in_tabs;
+mod streams;
 mod sync;
 mod webdriver;

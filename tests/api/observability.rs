@@ -756,6 +756,9 @@ async fn no_log_line_of_a_login_holds_a_secret_code_token_or_cookie() {
     let emulator_port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let client_secret = format!("client-secret-{}", crate::helpers::random_suffix());
+    // The emulator delivers its Event Stream and Log Stream to the app with these.
+    let events_token = format!("events-token-{}", crate::helpers::random_suffix());
+    let log_stream_token = format!("log-stream-token-{}", crate::helpers::random_suffix());
     let data_dir =
         std::env::temp_dir().join(format!("qb-logs-{}", crate::helpers::random_suffix()));
     let server = Server::start(
@@ -770,6 +773,8 @@ async fn no_log_line_of_a_login_holds_a_secret_code_token_or_cookie() {
             ("AUTH0_EMULATOR_PERSIST_KEY", "false".into()),
             ("AUTH0_EMULATOR_USERS", "2".into()),
             ("AUTH0_CLIENT_SECRET", client_secret.clone()),
+            ("AUTH0_EVENTS_TOKEN", events_token.clone()),
+            ("AUTH0_LOG_STREAM_TOKEN", log_stream_token.clone()),
             ("DATA_DIR", data_dir.display().to_string()),
             // Our crate at its most verbose; dependencies at the level an operator would turn on.
             (
@@ -842,6 +847,27 @@ async fn no_log_line_of_a_login_holds_a_secret_code_token_or_cookie() {
     assert_eq!(saved.status(), StatusCode::SEE_OTHER);
     cookies.extend(cookie_values(&saved));
 
+    // The sign-up's event and log events have reached the webhooks (so their tokens were sent).
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(cluster.options(&db_name))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let streams: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT stream FROM auth0_stream_events")
+                .fetch_all(&db)
+                .await
+                .unwrap();
+        if streams.len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no delivery from both streams");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    db.close().await;
+
     let logs = server.stop();
     cluster.drop_database(db_name);
     let _ = std::fs::remove_dir_all(&data_dir);
@@ -852,6 +878,8 @@ async fn no_log_line_of_a_login_holds_a_secret_code_token_or_cookie() {
         ("the client secret", client_secret.clone()),
         ("the authorization code", code.clone()),
         ("the CSRF token", csrf.clone()),
+        ("the Event Stream token", events_token.clone()),
+        ("the Log Stream token", log_stream_token.clone()),
     ];
     secrets.extend(cookies.iter().map(|c| ("a cookie value", c.clone())));
     for (what, secret) in &secrets {
@@ -886,9 +914,13 @@ async fn no_log_line_of_a_login_holds_a_secret_code_token_or_cookie() {
     assert_eq!(count("GET", "/"), 1, "{requests:#?}");
     assert_eq!(count("POST", "/quote"), 1, "{requests:#?}");
     assert!(count("GET", "/healthz") <= health_checks, "{requests:#?}");
+    // The emulator's deliveries of the sign-up and the login.
+    let deliveries =
+        count("POST", "/webhooks/auth0/events") + count("POST", "/webhooks/auth0/logs");
+    assert!(deliveries >= 2, "{requests:#?}");
     assert_eq!(
         requests.len(),
-        4 + count("GET", "/healthz"),
+        4 + count("GET", "/healthz") + deliveries,
         "{requests:#?}"
     );
     let callback_line = requests

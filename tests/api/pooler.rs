@@ -151,7 +151,7 @@ async fn with_only_a_neon_pooled_url_requests_use_the_pooler_and_session_work_go
     }
     signed_in_traffic(&app, 2, 1).await;
 
-    // The worker listens on a direct connection of its own.
+    // The workers (the sync's, the streams') listen on direct connections of their own.
     let listening: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_stat_activity
          WHERE datname = $1 AND usename = 'postgres' AND query LIKE 'LISTEN%'",
@@ -160,7 +160,7 @@ async fn with_only_a_neon_pooled_url_requests_use_the_pooler_and_session_work_go
     .fetch_one(&app.db)
     .await
     .unwrap();
-    assert_eq!(listening, 1, "apalis' LISTEN runs on the direct connection");
+    assert_eq!(listening, 2, "apalis' LISTENs run on the direct connection");
     for server in neon.bouncer.server_connections(&app.db_name, &app.db).await {
         assert!(server.prepared.is_empty(), "statements left on {server:?}");
         assert!(server.listening.is_empty(), "LISTEN on {server:?}");
