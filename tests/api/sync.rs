@@ -851,7 +851,8 @@ async fn a_profile_postgres_refuses_is_isolated_and_its_batch_still_written() {
     // and an id too large for the primary key's index (54000).
     batch[3].name = Some("bad\0name".into());
     let incompressible: String = (0..2000).map(|_| crate::helpers::random_suffix()).collect();
-    batch[7].user_id = format!("auth0|{incompressible}");
+    // (`z` sorts it after `auth0|3`, which the assertions below expect first.)
+    batch[7].user_id = format!("auth0|z{incompressible}");
     // Seen before, so being skipped must not make it look deleted.
     sqlx::query(
         "INSERT INTO users (user_id, synced_at) VALUES ('auth0|3', now() - interval '1 day')",
