@@ -111,7 +111,12 @@ pub enum Audience {
 impl Audience {
     pub fn of(req: &Request) -> Self {
         let path = req.uri().path();
-        if path.starts_with("/api/") || path == "/api" || path == "/auth/me" || path == "/metrics" {
+        if path.starts_with("/api/")
+            || path == "/api"
+            || path == "/auth/me"
+            || path == "/auth/backchannel-logout"
+            || path == "/metrics"
+        {
             Self::Api
         } else if HxRequest::of(req).0 {
             Self::Fragment

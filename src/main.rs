@@ -87,6 +87,10 @@ struct EmulatorArgs {
     /// Spell the issuer without a trailing slash (as Google, Okta and Keycloak do).
     #[arg(long)]
     issuer_without_trailing_slash: bool,
+    /// The application's Back-Channel Logout URI: logouts, blocked and deleted users send
+    /// logout tokens there (every initiator). Empty: none are sent.
+    #[arg(long, default_value = "http://localhost:3000/auth/backchannel-logout")]
+    backchannel_logout_url: String,
 }
 
 /// Every request allocates and frees many small, short-lived blocks (poem boxes each endpoint's
@@ -214,7 +218,9 @@ async fn migrate(settings: Settings) -> anyhow::Result<()> {
 
 #[cfg(feature = "emulator")]
 async fn emulator(args: EmulatorArgs) -> anyhow::Result<()> {
-    use quotebook::emulator::{Emulator, EmulatorConfig, IssuerIdentifier};
+    use quotebook::emulator::{
+        BackchannelLogout, Emulator, EmulatorConfig, Initiators, IssuerIdentifier,
+    };
     let emulator = Emulator::start(EmulatorConfig {
         bind: std::net::SocketAddr::from(([127, 0, 0, 1], args.port)),
         client_id: args.client_id,
@@ -232,6 +238,10 @@ async fn emulator(args: EmulatorArgs) -> anyhow::Result<()> {
             IssuerIdentifier::Auth0
         },
         apis: args.apis,
+        backchannel_logout: (!args.backchannel_logout_url.is_empty()).then(|| BackchannelLogout {
+            url: args.backchannel_logout_url,
+            initiators: Initiators::All,
+        }),
     })
     .await?;
     tracing::warn!(

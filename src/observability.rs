@@ -69,6 +69,11 @@ pub mod names {
     /// Label `status`: the HTTP status code, or `error` when no response came back.
     pub const AUTH0_API_REQUESTS_TOTAL: &str = "auth0_api_requests_total";
     pub const SYNC_LAST_SUCCESS: &str = "sync_last_success_timestamp_seconds";
+    /// Label `reason`: `blocked_or_deleted`, `backchannel_logout`, `other_devices`, `admin`.
+    pub const SESSIONS_REVOKED_TOTAL: &str = "sessions_revoked_total";
+    /// Label `outcome`: `ended` (a valid token, whether or not a session matched), `rejected`
+    /// (a 400), `replayed` (a `jti` already seen, also a 400).
+    pub const BACKCHANNEL_LOGOUTS_TOTAL: &str = "backchannel_logouts_total";
 }
 
 static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -132,6 +137,30 @@ fn describe() {
         }
     }
     metrics::counter!(USERS_SYNCED_TOTAL).increment(0);
+    describe_counter!(
+        SESSIONS_REVOKED_TOTAL,
+        "Sessions ended from outside their browser, by reason"
+    );
+    for reason in crate::auth::revocation::Reason::ALL {
+        metrics::counter!(SESSIONS_REVOKED_TOTAL, "reason" => reason.as_str()).increment(0);
+    }
+    describe_counter!(
+        BACKCHANNEL_LOGOUTS_TOTAL,
+        "Back-channel logout requests received, by outcome"
+    );
+    for outcome in ["ended", "rejected", "replayed"] {
+        metrics::counter!(BACKCHANNEL_LOGOUTS_TOTAL, "outcome" => outcome).increment(0);
+    }
+}
+
+/// Sessions ended from outside their browser (`auth::revocation`).
+pub fn sessions_revoked(reason: &'static str, ended: u64) {
+    metrics::counter!(names::SESSIONS_REVOKED_TOTAL, "reason" => reason).increment(ended);
+}
+
+/// A back-channel logout request was answered (`auth::backchannel_logout`).
+pub fn backchannel_logout(outcome: &'static str) {
+    metrics::counter!(names::BACKCHANNEL_LOGOUTS_TOTAL, "outcome" => outcome).increment(1);
 }
 
 /// A sync run ended (`mode` is the mode it ran as: an incremental can turn into a full sync).

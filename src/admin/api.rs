@@ -13,7 +13,7 @@ use poem_openapi::{
 
 use super::access::{self, Denied};
 use crate::{
-    auth::session::Session,
+    auth::{revocation, session::Session},
     startup::AppState,
     users::{
         store::{self, UserRow},
@@ -243,6 +243,14 @@ impl From<sqlx::Error> for ApiProblem {
     }
 }
 
+/// What ending a user's sessions did.
+#[derive(Debug, Object)]
+pub struct EndedSessions {
+    pub user_id: String,
+    /// How many sessions (signed-in browsers) were ended.
+    pub ended: u64,
+}
+
 #[derive(Debug, ApiResponse)]
 pub enum TriggerResponse {
     /// The run was queued, or one already in flight is returned.
@@ -343,6 +351,36 @@ impl AdminApi {
             page,
             per_page,
             total,
+        }))
+    }
+
+    /// Sign a user out everywhere: every session of theirs ends at once, on every instance;
+    /// their next request is signed out. They can sign in again unless the provider refuses
+    /// them (block or delete them there to keep them out).
+    #[oai(path = "/users/:user_id/sessions", method = "delete")]
+    async fn end_user_sessions(
+        &self,
+        Data(state): Data<&AppState>,
+        req: &Request,
+        session: Session,
+        /// The provider's user id, e.g. `auth0|abc123` (URL-encoded in the path).
+        #[oai(validator(max_length = 300))]
+        user_id: Path<String>,
+    ) -> ApiResult<Json<EndedSessions>> {
+        access::authorize(req, &session, &state.settings, true)?;
+        if store::get(&state.db, &user_id.0).await?.is_none() {
+            return Err(ApiProblem::NotFound(problem(
+                404,
+                "Not Found",
+                "There is no user with that id.",
+            )));
+        }
+        let ended =
+            revocation::end_all_sessions_of(&state.db, &user_id.0, revocation::Reason::Admin)
+                .await?;
+        Ok(Json(EndedSessions {
+            user_id: user_id.0,
+            ended,
         }))
     }
 

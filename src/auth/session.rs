@@ -241,6 +241,7 @@ impl SessionMiddleware {
                 state.extended,
             )
         };
+        let was_stored = loaded.is_some() && !renewed;
         if (renewed || destroyed)
             && let Some(old) = loaded
         {
@@ -254,6 +255,19 @@ impl SessionMiddleware {
             return Ok(());
         };
         if !(current.data_changed() || extended || renewed) {
+            return Ok(());
+        }
+        if was_stored {
+            // Written back only if it still exists: ended meanwhile (by another device, the
+            // provider, a block), it stays ended and this browser is signed out.
+            let still_there = self
+                .store
+                .update_session(current)
+                .await
+                .map_err(store_error)?;
+            if !still_there {
+                cookies::set(response, self.config.cookie_name, "", self.config.secure, 0);
+            }
             return Ok(());
         }
         let max_age = self.config.absolute_lifetime.as_secs();
