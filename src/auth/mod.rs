@@ -5,6 +5,7 @@ pub mod backchannel_logout;
 pub mod cookies;
 pub mod csrf;
 pub mod current_user;
+pub mod devices;
 pub mod discovery;
 pub mod id_token;
 pub mod login_request;
@@ -46,6 +47,11 @@ pub fn routes() -> Route {
             ),
         )
         .at("/me", named("/auth/me", get(routes::me)))
+        .at("/sessions", named(devices::PATH, get(devices::sessions)))
+        .at(
+            "/sessions/others",
+            named(devices::SIGN_OUT_OTHERS, post(devices::sign_out_others)),
+        )
         .at(
             "/backchannel-logout",
             named(

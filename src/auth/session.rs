@@ -97,6 +97,16 @@ impl Session {
         self.lock().session.is_some()
     }
 
+    /// The stored row's id (`sessions.id`) of the session this request came with, while it is
+    /// still the request's session (not renewed or destroyed).
+    pub fn stored_id(&self) -> Option<String> {
+        let state = self.lock();
+        if state.renewed || state.destroyed {
+            return None;
+        }
+        state.loaded.as_ref().map(|loaded| loaded.id().to_owned())
+    }
+
     /// Starts a fresh, empty session with a new id, at sign-in: nothing fixed in advance
     /// survives (no session fixation), and the absolute lifetime counts from now. The old row
     /// is deleted.

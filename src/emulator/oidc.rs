@@ -306,10 +306,11 @@ fn end_sso(
     hinted_sid: Option<&str>,
     mut response: Response,
 ) -> Response {
+    let browsers = sso_session(req, shared).map(|(value, _)| value);
     let ended = {
         let mut grants = shared.grants();
-        let key = match sso_session(req, shared) {
-            Some((value, _)) => Some(value),
+        let key = match browsers {
+            Some(value) => Some(value),
             None => hinted_sid.and_then(|sid| {
                 grants
                     .sso
