@@ -375,12 +375,16 @@ impl AdminApi {
                 "There is no user with that id.",
             )));
         }
-        let ended =
-            revocation::end_all_sessions_of(&state.db, &user_id.0, revocation::Reason::Admin)
-                .await?;
+        let ended = revocation::end_all_sessions_of(
+            &state.db,
+            &state.sessions,
+            &user_id.0,
+            revocation::Reason::Admin,
+        )
+        .await?;
         Ok(Json(EndedSessions {
             user_id: user_id.0,
-            ended,
+            ended: ended.len() as u64,
         }))
     }
 

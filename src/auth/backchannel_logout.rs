@@ -28,8 +28,8 @@ use crate::{observability, startup::AppState};
 
 /// What became of a valid token.
 enum Outcome {
-    /// Its sessions ended (how many matched: none is fine, section 2.7).
-    Ended(u64),
+    /// Its sessions ended (their ids; none is fine, section 2.7).
+    Ended(Vec<String>),
     /// Its `jti` was seen before.
     Replayed,
 }
@@ -55,6 +55,9 @@ pub async fn backchannel_logout(
     };
     match act_on(&state.db, &token).await {
         Ok(Outcome::Ended(ended)) => {
+            // This instance forgets them now; the others when Postgres announces it.
+            state.sessions.forget_ended(ended.iter().map(String::as_str));
+            let ended = ended.len() as u64;
             revocation::record(Reason::BackchannelLogout, ended);
             observability::backchannel_logout("ended");
             tracing::info!(

@@ -60,7 +60,10 @@ pub async fn sign_out_others(
     // Only a session read from the store can be told apart from the others; a signed-in
     // request always has one.
     let ended = match session.stored_id() {
-        Some(this_one) => revocation::end_other_sessions(&state.db, &user.sub, &this_one).await?,
+        Some(this_one) => {
+            revocation::end_other_sessions(&state.db, &state.sessions, &user.sub, &this_one)
+                .await?
+        }
         None => 0,
     };
     if !hx.0 {

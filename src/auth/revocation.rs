@@ -10,6 +10,7 @@
 
 use sqlx::{PgExecutor, PgPool};
 
+use super::session_store::PgSessionStore;
 use crate::observability;
 
 /// Why sessions were ended: the `reason` label of `sessions_revoked_total`.
@@ -57,11 +58,11 @@ pub fn record(reason: Reason, ended: u64) {
 ///
 /// Errors: the database's, unchanged (nothing is half-done: one statement).
 pub async fn end_sessions_of(db: &PgPool, sub: &str) -> Result<u64, sqlx::Error> {
-    end_all_sessions_of(db, sub, Reason::BlockedOrDeleted).await
+    end_sessions_of_for(db, sub, Reason::BlockedOrDeleted).await
 }
 
 /// Ends every session of `sub` for `reason`; returns how many there were.
-pub async fn end_all_sessions_of(
+pub async fn end_sessions_of_for(
     db: &PgPool,
     sub: &str,
     reason: Reason,
@@ -75,47 +76,65 @@ pub async fn end_all_sessions_of(
     Ok(ended)
 }
 
+/// Ends every session of `sub` for `reason` and makes this instance's `store` forget them at
+/// once (other instances forget them when Postgres announces the deletion); returns their ids.
+pub async fn end_all_sessions_of(
+    db: &PgPool,
+    store: &PgSessionStore,
+    sub: &str,
+    reason: Reason,
+) -> Result<Vec<String>, sqlx::Error> {
+    let ended: Vec<String> =
+        sqlx::query_scalar("DELETE FROM sessions WHERE user_id = $1 RETURNING id")
+            .bind(sub)
+            .fetch_all(db)
+            .await?;
+    store.forget_ended(ended.iter().map(String::as_str));
+    record(reason, ended.len() as u64);
+    Ok(ended)
+}
+
 /// Ends the sessions a logout token names (OpenID Connect Back-Channel Logout 1.0, section
 /// 2.7): with a `sid`, the sessions of that provider session (and of `sub` too, when the token
-/// also names one); with only a `sub`, every session of that person. Not counted: the caller
-/// records it once its transaction commits.
+/// also names one); with only a `sub`, every session of that person. Returns their ids. Not
+/// counted: the caller records it once its transaction commits.
 pub async fn end_provider_sessions(
     db: impl PgExecutor<'_>,
     sid: Option<&str>,
     sub: Option<&str>,
-) -> Result<u64, sqlx::Error> {
-    let ended = match (sid, sub) {
-        (Some(sid), sub) => {
-            sqlx::query(
-                "DELETE FROM sessions WHERE sid = $1 AND ($2::text IS NULL OR user_id = $2)",
-            )
-            .bind(sid)
-            .bind(sub)
-            .execute(db)
-            .await?
-        }
-        (None, Some(sub)) => {
-            sqlx::query("DELETE FROM sessions WHERE user_id = $1")
-                .bind(sub)
-                .execute(db)
-                .await?
-        }
-        (None, None) => return Ok(0),
-    };
-    Ok(ended.rows_affected())
+) -> Result<Vec<String>, sqlx::Error> {
+    if sid.is_none() && sub.is_none() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar(
+        "DELETE FROM sessions
+         WHERE ($1::text IS NULL OR sid = $1) AND ($2::text IS NULL OR user_id = $2)
+         RETURNING id",
+    )
+    .bind(sid)
+    .bind(sub)
+    .fetch_all(db)
+    .await
 }
 
-/// Ends every session of `sub` except the one whose row id (`sessions.id`) is `keep`: the
-/// person's "sign out the others"; returns how many ended.
-pub async fn end_other_sessions(db: &PgPool, sub: &str, keep: &str) -> Result<u64, sqlx::Error> {
-    let ended = sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id <> $2")
-        .bind(sub)
-        .bind(keep)
-        .execute(db)
-        .await?
-        .rows_affected();
-    record(Reason::OtherDevices, ended);
-    Ok(ended)
+/// Ends every session of `sub` except the one whose row id (`sessions.id`) is `keep`, the
+/// person's "sign out the others", and makes this instance's `store` forget them at once;
+/// returns how many ended.
+pub async fn end_other_sessions(
+    db: &PgPool,
+    store: &PgSessionStore,
+    sub: &str,
+    keep: &str,
+) -> Result<u64, sqlx::Error> {
+    let ended: Vec<String> =
+        sqlx::query_scalar("DELETE FROM sessions WHERE user_id = $1 AND id <> $2 RETURNING id")
+            .bind(sub)
+            .bind(keep)
+            .fetch_all(db)
+            .await?;
+    store.forget_ended(ended.iter().map(String::as_str));
+    record(Reason::OtherDevices, ended.len() as u64);
+    Ok(ended.len() as u64)
 }
 
 /// Ends the sessions of those among `user_ids` whose `users` row now says blocked or deleted
