@@ -56,7 +56,9 @@ pub async fn backchannel_logout(
     match act_on(&state.db, &token).await {
         Ok(Outcome::Ended(ended)) => {
             // This instance forgets them now; the others when Postgres announces it.
-            state.sessions.forget_ended(ended.iter().map(String::as_str));
+            state
+                .sessions
+                .forget_ended(ended.iter().map(String::as_str));
             let ended = ended.len() as u64;
             revocation::record(Reason::BackchannelLogout, ended);
             observability::backchannel_logout("ended");

@@ -61,8 +61,7 @@ pub async fn sign_out_others(
     // request always has one.
     let ended = match session.stored_id() {
         Some(this_one) => {
-            revocation::end_other_sessions(&state.db, &state.sessions, &user.sub, &this_one)
-                .await?
+            revocation::end_other_sessions(&state.db, &state.sessions, &user.sub, &this_one).await?
         }
         None => 0,
     };
