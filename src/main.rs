@@ -238,10 +238,12 @@ async fn emulator(args: EmulatorArgs) -> anyhow::Result<()> {
             IssuerIdentifier::Auth0
         },
         apis: args.apis,
-        backchannel_logout: (!args.backchannel_logout_url.is_empty()).then(|| BackchannelLogout {
-            url: args.backchannel_logout_url,
-            initiators: Initiators::All,
-        }),
+        backchannel_logout: (!args.backchannel_logout_url.is_empty()).then_some(
+            BackchannelLogout {
+                url: args.backchannel_logout_url,
+                initiators: Initiators::All,
+            },
+        ),
     })
     .await?;
     tracing::warn!(

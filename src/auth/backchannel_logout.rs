@@ -8,9 +8,9 @@
 //! (`sub` alone). The answer is 200 with an empty body, or 400 with an OAuth 2.0 error body
 //! (section 2.8); never cached. Nothing changes unless the answer is 200.
 //!
-//! Configure it at the provider: Auth0 Dashboard > Applications > (the application) > Settings
-//! > OpenID Connect Back-Channel Logout > Back-Channel Logout URI
-//! (https://auth0.com/docs/authenticate/login/logout/back-channel-logout/configure-back-channel-logout).
+//! Configure it at the provider: in Auth0's dashboard, the application's Settings, "OpenID
+//! Connect Back-Channel Logout", "Back-Channel Logout URI"
+//! (<https://auth0.com/docs/authenticate/login/logout/back-channel-logout/configure-back-channel-logout>).
 
 use poem::{
     Body, Request, Response, handler,
