@@ -191,6 +191,10 @@ fn problem(status: u16, title: &str, detail: impl Into<String>) -> Json<Problem>
     })
 }
 
+fn no_such_user() -> ApiProblem {
+    ApiProblem::NotFound(problem(404, "Not Found", "There is no user with that id."))
+}
+
 impl From<Denied> for ApiProblem {
     fn from(denied: Denied) -> Self {
         match denied {
@@ -369,11 +373,7 @@ impl AdminApi {
     ) -> ApiResult<Json<EndedSessions>> {
         access::authorize(req, &session, &state.settings, true)?;
         if store::get(&state.db, &user_id.0).await?.is_none() {
-            return Err(ApiProblem::NotFound(problem(
-                404,
-                "Not Found",
-                "There is no user with that id.",
-            )));
+            return Err(no_such_user());
         }
         let ended = revocation::end_all_sessions_of(
             &state.db,
@@ -402,11 +402,7 @@ impl AdminApi {
         access::authorize(req, &session, &state.settings, false)?;
         match store::get(&state.db, &user_id.0).await? {
             Some(row) => Ok(Json(row.into())),
-            None => Err(ApiProblem::NotFound(problem(
-                404,
-                "Not Found",
-                "There is no user with that id.",
-            ))),
+            None => Err(no_such_user()),
         }
     }
 }

@@ -353,15 +353,37 @@ pub fn string_claim(claims: &Map<String, Value>, name: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use serde_json::json;
 
     use super::*;
 
-    fn claims(value: Value) -> Map<String, Value> {
+    pub(crate) fn claims(value: Value) -> Map<String, Value> {
         match value {
             Value::Object(map) => map,
             _ => unreachable!("an object"),
+        }
+    }
+
+    /// Each `(claim, value)` change of `good` (`null`: the claim left out) must make `check`
+    /// reject the claims.
+    pub(crate) fn assert_each_change_rejected<T: std::fmt::Debug>(
+        good: &Value,
+        changes: &[(&str, Value)],
+        check: impl Fn(&Map<String, Value>) -> Result<T, TokenError>,
+    ) {
+        for (name, value) in changes {
+            let mut token = good.clone();
+            if value.is_null() {
+                token.as_object_mut().unwrap().remove(*name);
+            } else {
+                token[*name] = value.clone();
+            }
+            let checked = check(&claims(token));
+            assert!(
+                matches!(checked, Err(TokenError::Rejected(_))),
+                "{name}={value}: {checked:?}"
+            );
         }
     }
 
@@ -393,7 +415,7 @@ mod tests {
             Ok(())
         );
 
-        for (name, value) in [
+        let changes = [
             ("iss", json!("https://tenant.auth0.com")),
             ("iss", Value::Null),
             ("aud", json!("other")),
@@ -408,21 +430,8 @@ mod tests {
             ("nonce", Value::Null),
             ("sub", json!("")),
             ("sub", json!(7)),
-        ] {
-            let mut token = good();
-            if value.is_null() {
-                token.as_object_mut().unwrap().remove(name);
-            } else {
-                token[name] = value.clone();
-            }
-            assert!(
-                matches!(
-                    check_claims(&claims(token), &EXPECTED),
-                    Err(TokenError::Rejected(_))
-                ),
-                "{name}={value}"
-            );
-        }
+        ];
+        assert_each_change_rejected(&good(), &changes, |claims| check_claims(claims, &EXPECTED));
     }
 
     #[test]

@@ -126,13 +126,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-
-    fn claims(value: Value) -> Map<String, Value> {
-        match value {
-            Value::Object(map) => map,
-            _ => unreachable!("an object"),
-        }
-    }
+    use crate::auth::id_token::tests::{assert_each_change_rejected, claims};
 
     fn good() -> Value {
         json!({
@@ -174,7 +168,7 @@ mod tests {
 
     #[test]
     fn every_rule_of_section_2_6_is_held() {
-        for (name, value) in [
+        let changes = [
             ("iss", json!("https://tenant.auth0.com")),
             ("iss", Value::Null),
             ("aud", json!("other")),
@@ -200,21 +194,8 @@ mod tests {
             ("jti", json!("x".repeat(MAX_ID_BYTES + 1))),
             ("sid", json!("a\u{0}b")),
             ("sub", json!({"id": 1})),
-        ] {
-            let mut token = good();
-            if value.is_null() {
-                token.as_object_mut().unwrap().remove(name);
-            } else {
-                token[name] = value.clone();
-            }
-            assert!(
-                matches!(
-                    check_claims(&claims(token), &EXPECTED),
-                    Err(TokenError::Rejected(_))
-                ),
-                "{name}={value}"
-            );
-        }
+        ];
+        assert_each_change_rejected(&good(), &changes, |claims| check_claims(claims, &EXPECTED));
         let mut neither = good();
         neither.as_object_mut().unwrap().remove("sid");
         neither.as_object_mut().unwrap().remove("sub");

@@ -140,32 +140,47 @@ impl PgSessionStore {
     /// only if it still exists: one ended meanwhile (elsewhere, by anyone) stays ended. Returns
     /// whether it still existed.
     pub async fn update_session(&self, session: Session) -> async_session::Result<bool> {
-        let data = serde_json::to_value(&session)?;
-        let (user_id, sid) = owner(&session);
-        // Sets the row to one value, so running it twice is harmless.
-        let updated = crate::db::retry_idempotent(|| {
-            sqlx::query(
+        let updated = self
+            .write(
                 "UPDATE sessions SET expires_at = $2, data = $3, user_id = $4, sid = $5
                  WHERE id = $1",
+                &session,
             )
-            .bind(session.id())
-            .bind(session.expiry().copied())
-            .bind(&data)
-            .bind(&user_id)
-            .bind(&sid)
-            .execute(&self.db)
+            .await?;
+        if !updated {
+            self.forget(session.id());
+        }
+        Ok(updated)
+    }
+
+    /// Runs `statement` (`$1` id, `$2` expiry, `$3` data, `$4` owner's `sub`, `$5` `sid`) for
+    /// `session` and remembers the session if a row was written; returns whether one was. The
+    /// statement must set the row to one value, so that running it twice is harmless.
+    async fn write(
+        &self,
+        statement: &'static str,
+        session: &Session,
+    ) -> async_session::Result<bool> {
+        let data = serde_json::to_value(session)?;
+        let (user_id, sid) = owner(session);
+        let written = crate::db::retry_idempotent(|| {
+            sqlx::query(statement)
+                .bind(session.id())
+                .bind(session.expiry().copied())
+                .bind(&data)
+                .bind(&user_id)
+                .bind(&sid)
+                .execute(&self.db)
         })
         .await?
         .rows_affected()
             > 0;
         session.reset_data_changed();
-        if updated {
+        if written {
             let as_of = self.forgotten.load(Ordering::Acquire);
             self.remember(session.id(), &data, as_of);
-        } else {
-            self.forget(session.id());
         }
-        Ok(updated)
+        Ok(written)
     }
 
     /// Deletes expired sessions; returns how many went.
@@ -228,26 +243,13 @@ impl SessionStore for PgSessionStore {
     /// Stores a new session (a sign-in); sessions read from the store are written back with
     /// [`PgSessionStore::update_session`].
     async fn store_session(&self, session: Session) -> async_session::Result<Option<String>> {
-        let data = serde_json::to_value(&session)?;
-        let (user_id, sid) = owner(&session);
-        // Sets the row to one value, so running it twice is harmless.
-        crate::db::retry_idempotent(|| {
-            sqlx::query(
-                "INSERT INTO sessions (id, expires_at, data, user_id, sid) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at,
-                     data = EXCLUDED.data, user_id = EXCLUDED.user_id, sid = EXCLUDED.sid",
-            )
-            .bind(session.id())
-            .bind(session.expiry().copied())
-            .bind(&data)
-            .bind(&user_id)
-            .bind(&sid)
-            .execute(&self.db)
-        })
+        self.write(
+            "INSERT INTO sessions (id, expires_at, data, user_id, sid) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at,
+                 data = EXCLUDED.data, user_id = EXCLUDED.user_id, sid = EXCLUDED.sid",
+            &session,
+        )
         .await?;
-        session.reset_data_changed();
-        let as_of = self.forgotten.load(Ordering::Acquire);
-        self.remember(session.id(), &data, as_of);
         Ok(session.into_cookie_value())
     }
 

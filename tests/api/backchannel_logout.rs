@@ -16,15 +16,6 @@ use crate::helpers::{
 
 const DELIVERY_WAIT: Duration = Duration::from_secs(10);
 
-/// The provider session (`sid`) of each of `sub`'s sessions at the app.
-async fn sids_of(app: &TestApp, sub: &str) -> Vec<String> {
-    sqlx::query_scalar("SELECT sid FROM sessions WHERE user_id = $1 ORDER BY sid")
-        .bind(sub)
-        .fetch_all(&app.db)
-        .await
-        .unwrap()
-}
-
 async fn session_rows(app: &TestApp) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM sessions")
         .fetch_one(&app.db)
@@ -45,7 +36,7 @@ async fn a_logout_at_the_provider_ends_that_browsers_session_and_no_other() {
     let phone = app.signed_in_client("two-devices@example.com").await;
     let bystander = app.signed_in_client("bystander@example.com").await;
     let sub = app.sub_of("two-devices@example.com").await;
-    let before = sids_of(&app, &sub).await;
+    let before = app.sids_of(&sub).await;
     assert_eq!(
         before.len(),
         2,
@@ -84,7 +75,7 @@ async fn a_logout_at_the_provider_ends_that_browsers_session_and_no_other() {
         "another session of theirs stays"
     );
     assert!(signed_in_at(&app.address, &bystander).await);
-    let after = sids_of(&app, &sub).await;
+    let after = app.sids_of(&sub).await;
     assert_eq!(after.len(), 1);
     assert!(before.contains(&after[0]) && after[0] != deliveries[0].sid);
 }
@@ -141,7 +132,7 @@ async fn a_user_blocked_or_deleted_at_the_provider_is_signed_out_everywhere_at_o
             assert!(!signed_in_at(&app.address, device).await, "{change}");
         }
         assert!(signed_in_at(&app.address, &bystander).await, "{change}");
-        assert!(sids_of(&app, &sub).await.is_empty(), "{change}");
+        assert!(app.sids_of(&sub).await.is_empty(), "{change}");
     }
 }
 
@@ -156,7 +147,7 @@ async fn a_logout_token_reaches_every_instance_at_once() {
         let email = format!("roaming-{round}@example.com");
         let browser = app.signed_in_client(&email).await;
         let sub = app.sub_of(&email).await;
-        let sid = sids_of(&app, &sub).await.remove(0);
+        let sid = app.sids_of(&sub).await.remove(0);
         // Both instances have just read the session, so both remember it.
         assert!(signed_in_at(&app.address, &browser).await);
         assert!(signed_in_at(&other, &browser).await);
@@ -251,7 +242,7 @@ async fn anything_but_a_valid_unused_logout_token_gets_a_400_and_changes_nothing
     let app = spawn_app().await;
     let browser = app.signed_in_client("target@example.com").await;
     let sub = app.sub_of("target@example.com").await;
-    let sid = sids_of(&app, &sub).await.remove(0);
+    let sid = app.sids_of(&sub).await.remove(0);
     let emulator = app.emulator();
     let good = emulator.logout_token_claims(&sub, &sid);
     let now = chrono::Utc::now().timestamp();
@@ -421,7 +412,7 @@ async fn a_logout_token_signed_with_a_rotated_key_is_accepted() {
     let app = spawn_app().await;
     let browser = app.signed_in_client("rotated@example.com").await;
     let sub = app.sub_of("rotated@example.com").await;
-    let sid = sids_of(&app, &sub).await.remove(0);
+    let sid = app.sids_of(&sub).await.remove(0);
     app.emulator().rotate_signing_key().await.unwrap();
     let answer = post_logout_token(&app.address, &logout_token(&app, &sub, &sid)).await;
     assert_eq!(answer.status(), StatusCode::OK);
@@ -433,7 +424,7 @@ async fn a_token_the_app_cannot_check_while_the_provider_is_down_is_a_503_that_c
     let app = spawn_app().await;
     let browser = app.signed_in_client("unverifiable@example.com").await;
     let sub = app.sub_of("unverifiable@example.com").await;
-    let sid = sids_of(&app, &sub).await.remove(0);
+    let sid = app.sids_of(&sub).await.remove(0);
     let emulator = app.emulator();
     emulator.rotate_signing_key().await.unwrap();
     let token = logout_token(&app, &sub, &sid);
@@ -451,7 +442,7 @@ async fn back_channel_logouts_are_counted() {
     let app = spawn_app().await;
     app.signed_in_client("counted@example.com").await;
     let sub = app.sub_of("counted@example.com").await;
-    let sid = sids_of(&app, &sub).await.remove(0);
+    let sid = app.sids_of(&sub).await.remove(0);
     let rejected = post_logout_token(&app.address, "not-a-jwt").await;
     assert_eq!(rejected.status(), StatusCode::BAD_REQUEST);
     let ended = post_logout_token(&app.address, &logout_token(&app, &sub, &sid)).await;

@@ -18,7 +18,7 @@ use quotebook::emulator::{BackchannelLogout, EmulatorConfig, Initiator, Initiato
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{TestApp, client, management_token, signed_in_at, spawn_app_against};
+use crate::helpers::{client, management_token, signed_in_at, spawn_app_against};
 
 /// Logout tokens received by a stand-in application.
 type Received = Arc<Mutex<Vec<String>>>;
@@ -52,14 +52,6 @@ fn decode(part: &str) -> Value {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
 }
 
-async fn sids_of(app: &TestApp, sub: &str) -> Vec<String> {
-    sqlx::query_scalar("SELECT sid FROM sessions WHERE user_id = $1")
-        .bind(sub)
-        .fetch_all(&app.db)
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn logout_tokens_are_shaped_as_auth0_sends_them_and_name_the_id_tokens_sid() {
     let app = spawn_app_against(EmulatorConfig::for_tests(), &[]).await;
@@ -86,11 +78,11 @@ async fn logout_tokens_are_shaped_as_auth0_sends_them_and_name_the_id_tokens_sid
     // Two sign-ins in one browser are one single sign-on session: one sid.
     let browser = app.signed_in_client("shaped@example.com").await;
     let sub = app.sub_of("shaped@example.com").await;
-    let first = sids_of(&app, &sub).await;
+    let first = app.sids_of(&sub).await;
     app.end_all_sessions().await;
     let again = app.login_with(&browser, "shaped@example.com").await;
     assert_eq!(again.status(), StatusCode::SEE_OTHER);
-    assert_eq!(sids_of(&app, &sub).await, first, "the same sid");
+    assert_eq!(app.sids_of(&sub).await, first, "the same sid");
     assert_eq!(emulator.session_ids_of(&sub), first);
 
     let logout = browser

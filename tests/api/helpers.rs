@@ -793,6 +793,15 @@ impl TestApp {
             .expect("the person signed in")
     }
 
+    /// The provider session (`sid`) of each of `sub`'s sessions, in order.
+    pub async fn sids_of(&self, sub: &str) -> Vec<String> {
+        sqlx::query_scalar("SELECT sid FROM sessions WHERE user_id = $1 ORDER BY sid")
+            .bind(sub)
+            .fetch_all(&self.db)
+            .await
+            .expect("sessions")
+    }
+
     /// The app's in-process emulator (development mode).
     pub fn emulator(&self) -> &quotebook::emulator::Emulator {
         self.emulator.as_ref().expect("the in-process emulator")
