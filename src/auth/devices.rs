@@ -8,9 +8,10 @@
 
 use maud::{Markup, html};
 use poem::{IntoResponse, Request, Response, handler, web::Data};
-use serde::Deserialize;
 
-use super::{csrf, current_user::SignedIn, revocation, session::Session, shell_for};
+use super::{
+    csrf, current_user::SignedIn, revocation, routes::CsrfForm, session::Session, shell_for,
+};
 use crate::{
     error::AppResult,
     startup::AppState,
@@ -25,11 +26,6 @@ use crate::{
 pub const PATH: &str = "/auth/sessions";
 /// Where the form posts.
 pub const SIGN_OUT_OTHERS: &str = "/auth/sessions/others";
-
-#[derive(Debug, Deserialize)]
-pub struct CsrfForm {
-    csrf_token: Option<String>,
-}
 
 /// `GET /auth/sessions`: how many devices the person is signed in on, and the button that signs
 /// out the others: a fragment for htmx, a page otherwise.
