@@ -44,39 +44,42 @@ pub async fn listen(store: PgSessionStore, options: PgConnectOptions) {
         .connect_lazy_with(options);
     let mut failures = 0usize;
     loop {
-        let err = match PgListener::connect_with(&pool).await {
-            Ok(mut listener) => match listener.listen(CHANNEL).await {
-                Ok(()) => {
-                    store.set_announced(true);
-                    failures = 0;
-                    tracing::debug!("listening for ended sessions");
-                    receive(&store, &mut listener).await
+        let stopped = match PgListener::connect_with(&pool).await {
+            Ok(mut listener) => {
+                // A lost connection ends this listener (below), so the memory is off from the
+                // moment it is lost until a new one listens.
+                listener.eager_reconnect(false);
+                match listener.listen(CHANNEL).await {
+                    Ok(()) => {
+                        store.set_announced(true);
+                        failures = 0;
+                        tracing::debug!("listening for ended sessions");
+                        receive(&store, &mut listener).await
+                    }
+                    Err(err) => err.to_string(),
                 }
-                Err(err) => err,
-            },
-            Err(err) => err,
+            }
+            Err(err) => err.to_string(),
         };
         store.set_announced(false);
         if failures == 0 {
-            tracing::warn!(error = %err, "not told of ended sessions; serving none from memory until listening again");
+            tracing::warn!(
+                reason = %stopped,
+                "not told of ended sessions; serving none from memory until listening again"
+            );
         }
         tokio::time::sleep(RETRY[failures.min(RETRY.len() - 1)]).await;
         failures += 1;
     }
 }
 
-/// Forgets what is announced, until the listener fails.
-async fn receive(store: &PgSessionStore, listener: &mut PgListener) -> sqlx::Error {
+/// Forgets what is announced until the connection fails; returns why it stopped.
+async fn receive(store: &PgSessionStore, listener: &mut PgListener) -> String {
     loop {
         match listener.try_recv().await {
             Ok(Some(notification)) => forget(store, notification.payload()),
-            // The connection was lost and made again (sqlx listens anew before returning):
-            // whatever was announced in between is unknown.
-            Ok(None) => {
-                tracing::info!("the connection told of ended sessions was replaced");
-                store.forget_all();
-            }
-            Err(err) => return err,
+            Ok(None) => return "the connection was lost".to_owned(),
+            Err(err) => return err.to_string(),
         }
     }
 }

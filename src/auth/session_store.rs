@@ -130,10 +130,9 @@ impl PgSessionStore {
     /// Whether ended sessions are announced to this instance; while they are not, every read
     /// goes to the database (`session_events` sets this).
     pub fn set_announced(&self, announced: bool) {
-        if !announced {
-            self.forget_all();
-        }
         self.announced.store(announced, Ordering::Release);
+        // Either way, nothing read before now may be remembered: ends may have gone unheard.
+        self.forget_all();
     }
 
     /// Writes back a session that was read from the store (changed data, a later idle expiry),

@@ -207,3 +207,84 @@ async fn a_session_ended_while_a_request_was_using_it_is_not_written_back() {
     assert_eq!(rows, 0, "the ended session did not come back");
     assert!(!signed_in_at(&app.address, &browser).await);
 }
+
+/// The backends listening for ended sessions (one per instance).
+async fn listeners(app: &TestApp) -> Vec<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query = $1",
+    )
+    .bind(format!(
+        "LISTEN \"{}\"",
+        quotebook::auth::session_events::CHANNEL
+    ))
+    .fetch_all(&app.db)
+    .await
+    .unwrap()
+}
+
+/// Waits until `count` instances listen for ended sessions.
+async fn until_listening(app: &TestApp, count: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while listeners(app).await.len() != count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{count} listeners expected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_instance_that_lost_its_listening_connection_serves_no_ended_session_and_listens_again()
+{
+    let app = spawn_app().await;
+    let (other, _stop_other) = app.another_instance().await;
+    until_listening(&app, 2).await;
+
+    let browser = app.signed_in_client("listening@example.com").await;
+    let sub = app.sub_of("listening@example.com").await;
+    assert!(
+        signed_in_at(&other, &browser).await,
+        "the other instance remembers it"
+    );
+    // Both instances' listening connections die (a compute restart, a proxy's idle timeout).
+    let dead = listeners(&app).await;
+    for pid in &dead {
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .execute(&app.db)
+            .await
+            .unwrap();
+    }
+    while listeners(&app).await.iter().any(|pid| dead.contains(pid)) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Ended while they notice and listen anew: whichever they are doing, neither serves it.
+    quotebook::auth::revocation::end_sessions_of(&app.db, &sub)
+        .await
+        .unwrap();
+    assert_signed_out_within(&other, &browser).await;
+    assert!(!signed_in_at(&app.address, &browser).await);
+
+    // They listen again, and announcements reach them as before.
+    until_listening(&app, 2).await;
+    let again = app.signed_in_client("listening@example.com").await;
+    assert!(signed_in_at(&other, &again).await);
+    quotebook::auth::revocation::end_sessions_of(&app.db, &sub)
+        .await
+        .unwrap();
+    assert_signed_out_within(&other, &again).await;
+}
+
+/// `browser` is signed out at `address` within a quarter of a second (an instance may otherwise
+/// serve a session it remembers for a whole second).
+async fn assert_signed_out_within(address: &str, browser: &reqwest::Client) {
+    let started = std::time::Instant::now();
+    while signed_in_at(address, browser).await {
+        assert!(
+            started.elapsed() < Duration::from_millis(250),
+            "still signed in at {address}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
