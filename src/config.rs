@@ -464,6 +464,13 @@ impl Settings {
         url
     }
 
+    /// Where the provider posts logout tokens (OpenID Connect Back-Channel Logout 1.0).
+    pub fn backchannel_logout_url(&self) -> Url {
+        let mut url = self.base_url.clone();
+        url.set_path("/auth/backchannel-logout");
+        url
+    }
+
     /// Cookies get `Secure` and the `__Host-` prefix when the app is served over https.
     pub fn secure_cookies(&self) -> bool {
         self.base_url.scheme() == "https"

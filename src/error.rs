@@ -111,10 +111,11 @@ pub enum Audience {
 impl Audience {
     pub fn of(req: &Request) -> Self {
         let path = req.uri().path();
-        // Machines read the answers of the API, metrics and the provider's webhook deliveries.
+        // Machines read the answers of the API, metrics and the provider's deliveries.
         if path.starts_with("/api/")
             || path == "/api"
             || path == "/auth/me"
+            || path == "/auth/backchannel-logout"
             || path == "/metrics"
             || path.starts_with("/webhooks/")
         {

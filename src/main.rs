@@ -105,6 +105,10 @@ struct EmulatorArgs {
     /// The Log Stream's Content Format: json-lines, json-array or json-object.
     #[arg(long, default_value = "json-lines")]
     log_stream_format: quotebook::emulator::LogStreamFormat,
+    /// The application's Back-Channel Logout URI: logouts, blocked and deleted users send
+    /// logout tokens there (every initiator). Empty: none are sent.
+    #[arg(long, default_value = "http://localhost:3000/auth/backchannel-logout")]
+    backchannel_logout_url: String,
 }
 
 /// Every request allocates and frees many small, short-lived blocks (poem boxes each endpoint's
@@ -242,8 +246,8 @@ async fn migrate(settings: Settings) -> anyhow::Result<()> {
 #[cfg(feature = "emulator")]
 async fn emulator(args: EmulatorArgs) -> anyhow::Result<()> {
     use quotebook::emulator::{
-        Emulator, EmulatorConfig, EventStreamDestination, IssuerIdentifier, LogStreamDestination,
-        StreamDestinations,
+        BackchannelLogout, Emulator, EmulatorConfig, EventStreamDestination, Initiators,
+        IssuerIdentifier, LogStreamDestination, StreamDestinations,
     };
     let emulator = Emulator::start(EmulatorConfig {
         bind: std::net::SocketAddr::from(([127, 0, 0, 1], args.port)),
@@ -273,6 +277,12 @@ async fn emulator(args: EmulatorArgs) -> anyhow::Result<()> {
                 format: args.log_stream_format,
             }),
         },
+        backchannel_logout: (!args.backchannel_logout_url.is_empty()).then_some(
+            BackchannelLogout {
+                url: args.backchannel_logout_url,
+                initiators: Initiators::All,
+            },
+        ),
     })
     .await?;
     tracing::warn!(

@@ -84,6 +84,11 @@ pub mod names {
     /// User refreshes (`GET /api/v2/users/{id}`) done, by `outcome` (as the changes', and
     /// `retried`).
     pub const USER_REFRESHES_TOTAL: &str = "user_refreshes_total";
+    /// Label `reason`: `blocked_or_deleted`, `backchannel_logout`, `other_devices`, `admin`.
+    pub const SESSIONS_REVOKED_TOTAL: &str = "sessions_revoked_total";
+    /// Label `outcome`: `ended` (a valid token, whether or not a session matched), `rejected`
+    /// (a 400), `replayed` (a `jti` already seen, also a 400).
+    pub const BACKCHANNEL_LOGOUTS_TOTAL: &str = "backchannel_logouts_total";
 }
 
 static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -185,6 +190,20 @@ fn describe() {
     for coalesced in ["true", "false"] {
         metrics::counter!(USER_REFRESH_REQUESTS_TOTAL, "coalesced" => coalesced).increment(0);
     }
+    describe_counter!(
+        SESSIONS_REVOKED_TOTAL,
+        "Sessions ended from outside their browser, by reason"
+    );
+    for reason in crate::auth::revocation::Reason::ALL {
+        metrics::counter!(SESSIONS_REVOKED_TOTAL, "reason" => reason.as_str()).increment(0);
+    }
+    describe_counter!(
+        BACKCHANNEL_LOGOUTS_TOTAL,
+        "Back-channel logout requests received, by outcome"
+    );
+    for outcome in ["ended", "rejected", "replayed"] {
+        metrics::counter!(BACKCHANNEL_LOGOUTS_TOTAL, "outcome" => outcome).increment(0);
+    }
 }
 
 /// A change received from an Auth0 stream (`ty` from a closed set: see the metric), or a
@@ -232,6 +251,16 @@ pub fn stream_change_applied(
 /// A user refresh ended (`outcome` from a closed set).
 pub fn user_refreshed(outcome: &'static str) {
     metrics::counter!(names::USER_REFRESHES_TOTAL, "outcome" => outcome).increment(1);
+}
+
+/// Sessions ended from outside their browser (`auth::revocation`).
+pub fn sessions_revoked(reason: &'static str, ended: u64) {
+    metrics::counter!(names::SESSIONS_REVOKED_TOTAL, "reason" => reason).increment(ended);
+}
+
+/// A back-channel logout request was answered (`auth::backchannel_logout`).
+pub fn backchannel_logout(outcome: &'static str) {
+    metrics::counter!(names::BACKCHANNEL_LOGOUTS_TOTAL, "outcome" => outcome).increment(1);
 }
 
 /// A sync run ended (`mode` is the mode it ran as: an incremental can turn into a full sync).

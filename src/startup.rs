@@ -6,7 +6,7 @@ use poem::{
     EndpointExt, Route, Server, get,
     listener::{Acceptor, AcceptorExt, BoxAcceptor, Listener, TcpListener},
 };
-use sqlx::PgPool;
+use sqlx::{PgPool, postgres::PgConnectOptions};
 
 use crate::{
     auth::{
@@ -60,6 +60,16 @@ impl Database {
         };
         let pool = db::connect(options, &settings.database).await?;
         Ok(Self { pool, local })
+    }
+
+    /// Options for a connection with a session of its own (`LISTEN`): the direct URL, or the
+    /// local cluster.
+    pub fn session_options(&self, settings: &Settings) -> anyhow::Result<PgConnectOptions> {
+        match (settings.database.url_for(DatabaseUse::Session), &self.local) {
+            (Some(url), _) => Ok(db::options(url, false)?),
+            (None, Some(local)) => Ok(local.connect_options("quotebook")),
+            (None, None) => anyhow::bail!("no database URL and no local cluster"),
+        }
     }
 
     /// Closes the pool, then stops the local cluster (if any) so nothing is left running.
@@ -187,10 +197,16 @@ impl Application {
                 settings.session.absolute_lifetime,
             )),
         };
-        let mut background = vec![tokio::spawn(crate::auth::reap_sessions(
-            sessions.store.clone(),
-            database.pool.clone(),
-        ))];
+        let mut background = vec![
+            tokio::spawn(crate::auth::reap_sessions(
+                sessions.store.clone(),
+                database.pool.clone(),
+            )),
+            tokio::spawn(crate::auth::session_events::listen(
+                sessions.store.clone(),
+                database.session_options(&settings)?,
+            )),
+        ];
         if let Some(addr) = settings.metrics.addr {
             background.push(serve_private_metrics(addr, state.clone()).await?);
         }
@@ -335,13 +351,14 @@ fn routes() -> Route {
 }
 
 /// Development mode without Auth0: the emulator on `bind`, seeded with demo users, its signing
-/// key kept under the data directory so sessions survive restarts.
+/// key kept under the data directory so sessions survive restarts, sending back-channel logout
+/// tokens to the app.
 #[cfg(feature = "emulator")]
 async fn start_emulator(
     settings: &Settings,
     bind: std::net::SocketAddr,
 ) -> anyhow::Result<crate::emulator::Emulator> {
-    use crate::emulator::{Emulator, EmulatorConfig};
+    use crate::emulator::{BackchannelLogout, Emulator, EmulatorConfig, Initiators};
     let emulator = Emulator::start(EmulatorConfig {
         bind,
         client_id: settings.auth.client_id.clone(),
@@ -360,6 +377,12 @@ async fn start_emulator(
         // The configured API, so sign-ins that ask for it are not refused.
         apis: settings.auth.login.audience.iter().cloned().collect(),
         streams: dev_stream_destinations(settings)?,
+        // Logouts at the emulator, and users blocked or deleted there, end the app's sessions
+        // at once, as a tenant whose application subscribed to every initiator would.
+        backchannel_logout: Some(BackchannelLogout {
+            url: settings.backchannel_logout_url().to_string(),
+            initiators: Initiators::All,
+        }),
     })
     .await?;
     tracing::warn!(

@@ -13,7 +13,7 @@ use poem_openapi::{
 
 use super::access::{self, Denied};
 use crate::{
-    auth::session::Session,
+    auth::{revocation, session::Session},
     startup::AppState,
     users::{
         search::{self, Cursor, Filter, Position},
@@ -202,6 +202,10 @@ fn problem(status: u16, title: &str, detail: impl Into<String>) -> Json<Problem>
     })
 }
 
+fn no_such_user() -> ApiProblem {
+    ApiProblem::NotFound(problem(404, "Not Found", "There is no user with that id."))
+}
+
 impl From<Denied> for ApiProblem {
     fn from(denied: Denied) -> Self {
         match denied {
@@ -252,6 +256,14 @@ impl From<sqlx::Error> for ApiProblem {
             "Something went wrong on our side.",
         ))
     }
+}
+
+/// What ending a user's sessions did.
+#[derive(Debug, Object)]
+pub struct EndedSessions {
+    pub user_id: String,
+    /// How many sessions (signed-in browsers) were ended.
+    pub ended: u64,
 }
 
 #[derive(Debug, ApiResponse)]
@@ -379,6 +391,36 @@ impl AdminApi {
         }))
     }
 
+    /// Sign a user out everywhere: every session of theirs ends at once, on every instance;
+    /// their next request is signed out. They can sign in again unless the provider refuses
+    /// them (block or delete them there to keep them out).
+    #[oai(path = "/users/:user_id/sessions", method = "delete")]
+    async fn end_user_sessions(
+        &self,
+        Data(state): Data<&AppState>,
+        req: &Request,
+        session: Session,
+        /// The provider's user id, e.g. `auth0|abc123` (URL-encoded in the path).
+        #[oai(validator(max_length = 300))]
+        user_id: Path<String>,
+    ) -> ApiResult<Json<EndedSessions>> {
+        access::authorize(req, &session, &state.settings, true)?;
+        if store::get(&state.db, &user_id.0).await?.is_none() {
+            return Err(no_such_user());
+        }
+        let ended = revocation::end_all_sessions_of(
+            &state.db,
+            &state.sessions,
+            &user_id.0,
+            revocation::Reason::Admin,
+        )
+        .await?;
+        Ok(Json(EndedSessions {
+            user_id: user_id.0,
+            ended: ended.len() as u64,
+        }))
+    }
+
     /// One user.
     #[oai(path = "/users/:user_id", method = "get")]
     async fn get_user(
@@ -393,11 +435,7 @@ impl AdminApi {
         access::authorize(req, &session, &state.settings, false)?;
         match store::get(&state.db, &user_id.0).await? {
             Some(row) => Ok(Json(row.into())),
-            None => Err(ApiProblem::NotFound(problem(
-                404,
-                "Not Found",
-                "There is no user with that id.",
-            ))),
+            None => Err(no_such_user()),
         }
     }
 }

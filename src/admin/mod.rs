@@ -49,9 +49,13 @@ async fn allow_on_405<E: poem::Endpoint>(
     next: E,
     req: poem::Request,
 ) -> poem::Result<poem::Response> {
-    let allowed = match req.original_uri().path() {
-        "/api/admin/sync" => "GET, POST",
-        _ => "GET",
+    let path = req.original_uri().path();
+    let allowed = if path == "/api/admin/sync" {
+        "GET, POST"
+    } else if path.starts_with("/api/admin/users/") && path.ends_with("/sessions") {
+        "DELETE"
+    } else {
+        "GET"
     };
     let mut response = match next.call(req).await {
         Ok(output) => poem::IntoResponse::into_response(output),

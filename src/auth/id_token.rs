@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use subtle::ConstantTimeEq;
 
 /// Seconds of clock difference tolerated between the provider and this server.
-const LEEWAY_SECS: i64 = 60;
+pub const LEEWAY_SECS: i64 = 60;
 
 /// Why a token was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,6 +46,34 @@ impl TokenError {
             Self::UnknownKey => true,
             Self::BadSignature => token.header.kid.is_none(),
             _ => false,
+        }
+    }
+}
+
+/// Which kind of JWT a token must be, by its `typ` header (RFC 8725 section 3.11, explicit
+/// typing): a token made for one purpose is never accepted for another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtType {
+    /// An ID token: `JWT` or no `typ` (OpenID Connect Core 1.0 does not type ID tokens).
+    IdToken,
+    /// A logout token: `logout+jwt` (OpenID Connect Back-Channel Logout 1.0, section 2.4,
+    /// recommended; panva's oidc-provider sends it), `JWT` (what Auth0 sends) or no `typ`.
+    /// An ID token cannot pass as one anyway: it lacks the `events` claim.
+    LogoutToken,
+}
+
+impl JwtType {
+    /// Whether the header's `typ` fits; the `application/` prefix may be left out (RFC 7515,
+    /// section 4.1.9) and case does not matter.
+    fn accepts(self, typ: Option<&str>) -> bool {
+        let Some(typ) = typ else {
+            return true;
+        };
+        let typ = typ.to_ascii_lowercase();
+        let typ = typ.strip_prefix("application/").unwrap_or(&typ);
+        match self {
+            Self::IdToken => typ == "jwt",
+            Self::LogoutToken => typ == "jwt" || typ == "logout+jwt",
         }
     }
 }
@@ -93,23 +121,20 @@ impl SignedToken {
         })
     }
 
-    /// Checks the JOSE header and the signature against `keys`, for one of the `allowed`
-    /// algorithms; HMAC algorithms use the client secret as their key (Core 3.1.3.7 step 8).
-    /// Returns the payload's claims.
+    /// Checks the JOSE header (a `typ` fit for `kind`) and the signature against `keys`, for
+    /// one of the `allowed` algorithms; HMAC algorithms use the client secret as their key
+    /// (Core 3.1.3.7 step 8). Returns the payload's claims.
     pub fn verify(
         &self,
+        kind: JwtType,
         keys: &JsonWebKeySet<CoreJsonWebKey>,
         allowed: &[CoreJwsSigningAlgorithm],
         client_secret: &str,
     ) -> Result<Map<String, Value>, TokenError> {
         let header = &self.header;
-        // RFC 7519 5.1 and RFC 7515 4.1.9-4.1.11: a plain JWT, no nested content, no
-        // extensions we would have to understand.
-        if header
-            .typ
-            .as_deref()
-            .is_some_and(|t| !matches!(t.to_ascii_lowercase().as_str(), "jwt" | "application/jwt"))
-        {
+        // RFC 7519 5.1 and RFC 7515 4.1.9-4.1.11: a JWT of the expected kind, no nested
+        // content, no extensions we would have to understand.
+        if !kind.accepts(header.typ.as_deref()) {
             return Err(TokenError::Rejected(format!(
                 "unexpected token type {:?}",
                 header.typ
@@ -188,28 +213,13 @@ pub fn check_claims(
     expected: &Expected<'_>,
 ) -> Result<(), TokenError> {
     let reject = |why: String| Err(TokenError::Rejected(why));
-    if claims.get("iss").and_then(Value::as_str) != Some(expected.issuer) {
-        return reject(format!(
-            "iss {} is not the provider's issuer {}",
-            claims.get("iss").unwrap_or(&Value::Null),
-            expected.issuer
-        ));
-    }
-    let audiences: Vec<&str> = match claims.get("aud") {
-        Some(Value::String(one)) => vec![one.as_str()],
-        Some(Value::Array(many)) => many.iter().filter_map(Value::as_str).collect(),
-        _ => Vec::new(),
-    };
-    // Step 3: the client must be an audience, and no audience may be one it does not trust.
-    if audiences != [expected.client_id] {
-        return reject(format!("aud {audiences:?} is not this application alone"));
-    }
+    check_issuer_and_audience(claims, expected.issuer, expected.client_id)?;
     if let Some(azp) = claims.get("azp")
         && azp.as_str() != Some(expected.client_id)
     {
         return reject(format!("azp {azp} is not this application"));
     }
-    let number = |name: &str| claims.get(name).and_then(Value::as_f64).map(|n| n as i64);
+    let number = |name: &str| numeric_claim(claims, name);
     match number("exp") {
         Some(exp) if exp + LEEWAY_SECS > expected.now => {}
         Some(_) => return reject("the token has expired".into()),
@@ -238,6 +248,38 @@ pub fn check_claims(
         return reject("sub is missing".into());
     }
     Ok(())
+}
+
+/// Core 3.1.3.7 steps 2 and 3 (which logout tokens follow too): `iss` is the provider's
+/// issuer exactly, and this client is the one audience.
+pub fn check_issuer_and_audience(
+    claims: &Map<String, Value>,
+    issuer: &str,
+    client_id: &str,
+) -> Result<(), TokenError> {
+    if claims.get("iss").and_then(Value::as_str) != Some(issuer) {
+        return Err(TokenError::Rejected(format!(
+            "iss {} is not the provider's issuer {issuer}",
+            claims.get("iss").unwrap_or(&Value::Null),
+        )));
+    }
+    let audiences: Vec<&str> = match claims.get("aud") {
+        Some(Value::String(one)) => vec![one.as_str()],
+        Some(Value::Array(many)) => many.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    // The client must be an audience, and no audience may be one it does not trust.
+    if audiences != [client_id] {
+        return Err(TokenError::Rejected(format!(
+            "aud {audiences:?} is not this application alone"
+        )));
+    }
+    Ok(())
+}
+
+/// A NumericDate claim (RFC 7519 section 2) as whole seconds, if it is a number.
+pub fn numeric_claim(claims: &Map<String, Value>, name: &str) -> Option<i64> {
+    claims.get(name).and_then(Value::as_f64).map(|n| n as i64)
 }
 
 /// The person's profile as the claims give it. Each field is read for what it is: a claim in
@@ -311,15 +353,37 @@ pub fn string_claim(claims: &Map<String, Value>, name: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use serde_json::json;
 
     use super::*;
 
-    fn claims(value: Value) -> Map<String, Value> {
+    pub(crate) fn claims(value: Value) -> Map<String, Value> {
         match value {
             Value::Object(map) => map,
             _ => unreachable!("an object"),
+        }
+    }
+
+    /// Each `(claim, value)` change of `good` (`null`: the claim left out) must make `check`
+    /// reject the claims.
+    pub(crate) fn assert_each_change_rejected<T: std::fmt::Debug>(
+        good: &Value,
+        changes: &[(&str, Value)],
+        check: impl Fn(&Map<String, Value>) -> Result<T, TokenError>,
+    ) {
+        for (name, value) in changes {
+            let mut token = good.clone();
+            if value.is_null() {
+                token.as_object_mut().unwrap().remove(*name);
+            } else {
+                token[*name] = value.clone();
+            }
+            let checked = check(&claims(token));
+            assert!(
+                matches!(checked, Err(TokenError::Rejected(_))),
+                "{name}={value}: {checked:?}"
+            );
         }
     }
 
@@ -351,7 +415,7 @@ mod tests {
             Ok(())
         );
 
-        for (name, value) in [
+        let changes = [
             ("iss", json!("https://tenant.auth0.com")),
             ("iss", Value::Null),
             ("aud", json!("other")),
@@ -366,21 +430,8 @@ mod tests {
             ("nonce", Value::Null),
             ("sub", json!("")),
             ("sub", json!(7)),
-        ] {
-            let mut token = good();
-            if value.is_null() {
-                token.as_object_mut().unwrap().remove(name);
-            } else {
-                token[name] = value.clone();
-            }
-            assert!(
-                matches!(
-                    check_claims(&claims(token), &EXPECTED),
-                    Err(TokenError::Rejected(_))
-                ),
-                "{name}={value}"
-            );
-        }
+        ];
+        assert_each_change_rejected(&good(), &changes, |claims| check_claims(claims, &EXPECTED));
     }
 
     #[test]
@@ -450,7 +501,12 @@ mod tests {
         let token = SignedToken::parse(&unsigned).unwrap();
         let keys = JsonWebKeySet::new(Vec::new());
         assert!(matches!(
-            token.verify(&keys, &[CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256], "s"),
+            token.verify(
+                JwtType::IdToken,
+                &keys,
+                &[CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256],
+                "s"
+            ),
             Err(TokenError::Rejected(_))
         ));
     }
@@ -466,13 +522,18 @@ mod tests {
         let token = SignedToken::parse(&format!("{header}.{payload}.{signature}")).unwrap();
         let keys = JsonWebKeySet::new(Vec::new());
         let hs256 = [CoreJwsSigningAlgorithm::HmacSha256];
-        assert!(token.verify(&keys, &hs256, "client-secret").is_ok());
+        assert!(
+            token
+                .verify(JwtType::IdToken, &keys, &hs256, "client-secret")
+                .is_ok()
+        );
         assert_eq!(
-            token.verify(&keys, &hs256, "another-secret"),
+            token.verify(JwtType::IdToken, &keys, &hs256, "another-secret"),
             Err(TokenError::BadSignature)
         );
         assert!(matches!(
             token.verify(
+                JwtType::IdToken,
                 &keys,
                 &[CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256],
                 "client-secret"

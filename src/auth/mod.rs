@@ -1,25 +1,29 @@
 //! Sign-in with any OpenID provider (Auth0 in production, the emulator in development),
 //! Postgres-backed sessions, CSRF protection and the signed-in-user extractor.
 
+pub mod backchannel_logout;
 pub mod cookies;
 pub mod csrf;
 pub mod current_user;
+pub mod devices;
 pub mod discovery;
 pub mod id_token;
 pub mod login_request;
 pub mod login_transaction;
+pub mod logout_token;
 pub mod oidc;
 pub mod revocation;
 pub mod roles;
 pub mod routes;
 pub mod session;
+pub mod session_events;
 pub mod session_store;
 pub mod user_row;
 pub mod views;
 
 use std::time::Duration;
 
-use poem::{Route, get};
+use poem::{Route, get, post};
 
 use crate::{
     config::Settings,
@@ -43,6 +47,18 @@ pub fn routes() -> Route {
             ),
         )
         .at("/me", named("/auth/me", get(routes::me)))
+        .at("/sessions", named(devices::PATH, get(devices::sessions)))
+        .at(
+            "/sessions/others",
+            named(devices::SIGN_OUT_OTHERS, post(devices::sign_out_others)),
+        )
+        .at(
+            "/backchannel-logout",
+            named(
+                "/auth/backchannel-logout",
+                post(backchannel_logout::backchannel_logout),
+            ),
+        )
 }
 
 /// The page shell's view of the session: who is signed in and their CSRF token.
@@ -57,7 +73,8 @@ pub fn shell_for(session: &Session, settings: &Settings) -> Shell {
     }
 }
 
-/// Deletes expired sessions and sign-ins every few minutes, for as long as the app runs.
+/// Deletes expired sessions, sign-ins and remembered logout tokens every few minutes, for as
+/// long as the app runs.
 pub async fn reap_sessions(store: PgSessionStore, db: sqlx::PgPool) {
     let mut every = tokio::time::interval(Duration::from_secs(300));
     loop {
@@ -71,6 +88,11 @@ pub async fn reap_sessions(store: PgSessionStore, db: sqlx::PgPool) {
             Ok(0) => {}
             Ok(n) => tracing::debug!(removed = n, "expired sign-ins removed"),
             Err(err) => tracing::warn!(error = %err, "could not remove expired sign-ins"),
+        }
+        match backchannel_logout::reap(&db).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "expired logout tokens forgotten"),
+            Err(err) => tracing::warn!(error = %err, "could not forget expired logout tokens"),
         }
     }
 }

@@ -24,8 +24,9 @@ use url::Url;
 
 use super::{
     discovery::{self, Metadata},
-    id_token::{self, Expected, Profile, SignedToken},
+    id_token::{self, Expected, JwtType, Profile, SignedToken},
     login_request::{LoginRequest, Prompt},
+    logout_token::{self, LogoutToken},
 };
 use crate::config::{AuthSettings, Issuer, TokenAuthMethod};
 
@@ -98,6 +99,15 @@ pub enum OidcError {
     /// The ID token failed validation (Core 3.1.3.7).
     #[error("the ID token failed validation: {0}")]
     InvalidIdToken(String),
+}
+
+/// Why a token from the provider was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unverified {
+    /// The token itself is not valid (the reason, for logs and error descriptions).
+    Rejected(String),
+    /// The provider's discovery or keys could not be read, so the token could not be checked.
+    Provider(OidcError),
 }
 
 /// The secrets of one authorization request, kept until its callback.
@@ -392,7 +402,15 @@ impl OidcProvider {
             response.extra_fields().id_token.clone().ok_or_else(|| {
                 OidcError::BadResponse("the token response has no id_token".into())
             })?;
-        let claims = self.verified_claims(&discovered, &raw).await?;
+        let token = SignedToken::parse(&raw)
+            .map_err(|e| OidcError::BadResponse(format!("the ID token: {e}")))?;
+        let claims = self
+            .verified_claims(&discovered, &token, JwtType::IdToken)
+            .await
+            .map_err(|failed| match failed {
+                Unverified::Rejected(why) => OidcError::InvalidIdToken(why),
+                Unverified::Provider(err) => err,
+            })?;
         id_token::check_claims(
             &claims,
             &Expected {
@@ -424,22 +442,21 @@ impl OidcProvider {
         })
     }
 
-    /// The token's claims once its signature holds. A key the cached set lacks makes the app
-    /// fetch the set again, at most once per `KEY_REFETCH_SPACING`.
+    /// The token's claims once its `typ` and signature hold. A key the cached set lacks makes
+    /// the app fetch the set again, at most once per `KEY_REFETCH_SPACING`.
     async fn verified_claims(
         &self,
         discovered: &Discovered,
-        raw: &str,
-    ) -> Result<serde_json::Map<String, serde_json::Value>, OidcError> {
-        let token = SignedToken::parse(raw)
-            .map_err(|e| OidcError::BadResponse(format!("the ID token: {e}")))?;
+        token: &SignedToken,
+        kind: JwtType,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, Unverified> {
         let secret = self.settings.client_secret.expose();
         let keys = self.keys.read().await.set.clone();
-        let first = token.verify(&keys, &discovered.signing_algs, secret);
+        let first = token.verify(kind, &keys, &discovered.signing_algs, secret);
         let err = match first {
             Ok(claims) => return Ok(claims),
-            Err(err) if err.may_be_a_new_key(&token) => err,
-            Err(err) => return Err(OidcError::InvalidIdToken(err.to_string())),
+            Err(err) if err.may_be_a_new_key(token) => err,
+            Err(err) => return Err(Unverified::Rejected(err.to_string())),
         };
         let mut cache = self.keys.write().await;
         // Another request may have fetched them while this one waited.
@@ -448,21 +465,50 @@ impl OidcProvider {
                 .refetched_at
                 .is_some_and(|at| at.elapsed() < KEY_REFETCH_SPACING)
             {
-                return Err(OidcError::InvalidIdToken(format!(
+                return Err(Unverified::Rejected(format!(
                     "{err} (keys were fetched again less than {} s ago)",
                     KEY_REFETCH_SPACING.as_secs()
                 )));
             }
             cache.refetched_at = Some(Instant::now());
-            cache.set = Arc::new(discovery::fetch_keys(&self.http, &discovered.metadata).await?);
+            cache.set = Arc::new(
+                discovery::fetch_keys(&self.http, &discovered.metadata)
+                    .await
+                    .map_err(Unverified::Provider)?,
+            );
             tracing::info!(
                 keys = cache.set.keys().len(),
                 "fetched the provider's signing keys again"
             );
         }
         token
-            .verify(&cache.set, &discovered.signing_algs, secret)
-            .map_err(|e| OidcError::InvalidIdToken(e.to_string()))
+            .verify(kind, &cache.set, &discovered.signing_algs, secret)
+            .map_err(|e| Unverified::Rejected(e.to_string()))
+    }
+
+    /// Validates a back-channel logout token (OpenID Connect Back-Channel Logout 1.0, section
+    /// 2.6): signed by the provider like its ID tokens (the same keys, fetched again once for a
+    /// new key, and algorithms; never `none`), typed as a logout token or a plain JWT, and its
+    /// claims as `logout_token::check_claims` holds them. Encrypted tokens are not supported
+    /// (the app registers no encryption).
+    ///
+    /// Errors: `Rejected` (a 400: the token is not valid), `Provider` (the provider's discovery
+    /// or keys cannot be read right now, so nothing can be validated: a 503).
+    pub async fn verify_logout_token(&self, raw: &str) -> Result<LogoutToken, Unverified> {
+        let token = SignedToken::parse(raw).map_err(|e| Unverified::Rejected(e.to_string()))?;
+        let discovered = self.discovered().await.map_err(Unverified::Provider)?;
+        let claims = self
+            .verified_claims(&discovered, &token, JwtType::LogoutToken)
+            .await?;
+        logout_token::check_claims(
+            &claims,
+            &logout_token::Expected {
+                issuer: &discovered.issuer,
+                client_id: &self.settings.client_id,
+                now: chrono::Utc::now().timestamp(),
+            },
+        )
+        .map_err(|e| Unverified::Rejected(e.to_string()))
     }
 
     /// UserInfo (Core 5.3) for the profile claims the ID token lacks; `None` when there is no

@@ -430,9 +430,10 @@ pub fn logout_page(Data(state): Data<&AppState>, session: Session) -> AppResult<
     Ok(views::logout_confirm(&shell, &token).into_response())
 }
 
+/// A form whose only field is the CSRF token (log out, sign out the others).
 #[derive(Debug, Deserialize)]
 pub struct CsrfForm {
-    csrf_token: Option<String>,
+    pub csrf_token: Option<String>,
 }
 
 /// `POST /auth/logout`: ends the local session (CSRF-checked), then always sends the browser to

@@ -97,6 +97,16 @@ impl Session {
         self.lock().session.is_some()
     }
 
+    /// The stored row's id (`sessions.id`) of the session this request came with, while it is
+    /// still the request's session (not renewed or destroyed).
+    pub fn stored_id(&self) -> Option<String> {
+        let state = self.lock();
+        if state.renewed || state.destroyed {
+            return None;
+        }
+        state.loaded.as_ref().map(|loaded| loaded.id().to_owned())
+    }
+
     /// Starts a fresh, empty session with a new id, at sign-in: nothing fixed in advance
     /// survives (no session fixation), and the absolute lifetime counts from now. The old row
     /// is deleted.
@@ -241,6 +251,7 @@ impl SessionMiddleware {
                 state.extended,
             )
         };
+        let was_stored = loaded.is_some() && !renewed;
         if (renewed || destroyed)
             && let Some(old) = loaded
         {
@@ -254,6 +265,19 @@ impl SessionMiddleware {
             return Ok(());
         };
         if !(current.data_changed() || extended || renewed) {
+            return Ok(());
+        }
+        if was_stored {
+            // Written back only if it still exists: ended meanwhile (by another device, the
+            // provider, a block), it stays ended and this browser is signed out.
+            let still_there = self
+                .store
+                .update_session(current)
+                .await
+                .map_err(store_error)?;
+            if !still_there {
+                cookies::set(response, self.config.cookie_name, "", self.config.secure, 0);
+            }
             return Ok(());
         }
         let max_age = self.config.absolute_lifetime.as_secs();

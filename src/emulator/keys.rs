@@ -88,8 +88,13 @@ impl Keys {
     /// Signs `claims` as a compact RS256 JWS. `corrupt` flips a signature bit (the
     /// `BadSignature` fault) so clients must reject the token.
     pub fn sign(&self, claims: &Value, corrupt: bool) -> String {
+        self.sign_typed("JWT", claims, corrupt)
+    }
+
+    /// [`Keys::sign`] with another `typ` header (e.g. `logout+jwt`, or a wrong one in tests).
+    pub fn sign_typed(&self, typ: &str, claims: &Value, corrupt: bool) -> String {
         let key = &self.current;
-        let header = json!({ "alg": "RS256", "typ": "JWT", "kid": key.kid });
+        let header = json!({ "alg": "RS256", "typ": typ, "kid": key.kid });
         let signing_input = format!(
             "{}.{}",
             URL_SAFE_NO_PAD.encode(header.to_string()),

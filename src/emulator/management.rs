@@ -14,13 +14,15 @@ use poem::{
 use serde_json::{Map, Value, json, value::RawValue};
 
 use super::{
-    AccessGrant, Shared, exports,
+    AccessGrant, Shared,
+    backchannel::Initiator,
+    exports,
     faults::Injected,
     form_map,
     oidc::bearer,
     rate_limit::Decision,
     search::{self, Filter, Sort},
-    users::{CONNECTION, NewUser, StoreError, UserPatch},
+    users::{CONNECTION, NewUser, StoreError, User, UserPatch},
 };
 
 /// Auth0 caps `per_page` at 100 and search results at the first 1000.
@@ -671,7 +673,7 @@ async fn update_user(
         payload.string("connection")?;
         payload.string("username")?;
         payload.bool("verify_email")?;
-        let user = shared.users.update(&id, patch).map_err(store_error)?;
+        let user = update(&shared, &id, patch).map_err(store_error)?;
         shared.streams.user_updated(&user);
         shared
             .streams
@@ -686,7 +688,7 @@ async fn update_user(
 #[handler]
 async fn delete_user(Path(id): Path<String>, shared: Data<&Arc<Shared>>) -> Response {
     let gone = shared.users.get(&id);
-    if shared.users.delete(&id)
+    if delete(&shared, &id)
         && let Some(user) = gone
     {
         shared.streams.user_deleted(&user);
@@ -712,4 +714,27 @@ fn user_path(id: &str) -> String {
         "/api/v2/users/{}",
         percent_encoding::utf8_percent_encode(id, UNRESERVED)
     )
+}
+
+/// Updates a user with what follows at the tenant: blocking one ends their single sign-on
+/// sessions, and the application gets a logout token for each (`account-deactivated`).
+pub(crate) fn update(
+    shared: &Arc<Shared>,
+    user_id: &str,
+    patch: UserPatch,
+) -> Result<User, StoreError> {
+    let blocks = patch.blocked == Some(true);
+    let user = shared.users.update(user_id, patch)?;
+    if blocks {
+        super::oidc::end_user_sessions(shared, &user.user_id, Initiator::AccountDeactivated);
+    }
+    Ok(user)
+}
+
+/// Deletes a user with what follows at the tenant: their single sign-on sessions end, and the
+/// application gets a logout token for each (`account-deleted`). `false`: there was no such user.
+pub(crate) fn delete(shared: &Arc<Shared>, user_id: &str) -> bool {
+    let deleted = shared.users.delete(user_id);
+    super::oidc::end_user_sessions(shared, user_id, Initiator::AccountDeleted);
+    deleted
 }

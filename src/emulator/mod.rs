@@ -14,7 +14,10 @@
 //!
 //! It also posts what Auth0's Event Streams and Log Streams post ([`streams`]) to the
 //! destinations configured, when users sign up, log in, or change through the Management API.
+//! It also posts back-channel logout tokens to the application's Back-Channel Logout URI when
+//! single sign-on sessions end (`backchannel`).
 
+mod backchannel;
 mod exports;
 mod keys;
 mod login_page;
@@ -50,6 +53,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use url::Url;
 
+pub use backchannel::{BackchannelLogout, Delivery as BackchannelDelivery, Initiator, Initiators};
 pub use faults::{Faults, IdTokenFault};
 pub use streams::{
     Deliveries, EventStreamDestination, LogStreamDestination, LogStreamFormat, StreamDestinations,
@@ -101,6 +105,8 @@ pub struct EmulatorConfig {
     pub apis: Vec<String>,
     /// Where the tenant's Event Stream and Log Stream deliver (none by default).
     pub streams: StreamDestinations,
+    /// The application's back-channel logout registration; `None`: no logout tokens are sent.
+    pub backchannel_logout: Option<BackchannelLogout>,
 }
 
 impl EmulatorConfig {
@@ -120,6 +126,7 @@ impl EmulatorConfig {
             issuer: IssuerIdentifier::Auth0,
             apis: Vec::new(),
             streams: StreamDestinations::default(),
+            backchannel_logout: None,
         }
     }
 }
@@ -158,6 +165,8 @@ pub(crate) struct CodeGrant {
     pub scope: String,
     pub user_id: String,
     pub organization: Option<String>,
+    /// The single sign-on session the code was issued in.
+    pub sid: String,
     pub created: Instant,
 }
 
@@ -167,6 +176,9 @@ pub(crate) struct CodeGrant {
 #[derive(Debug, Clone)]
 pub(crate) struct SsoSession {
     pub user_id: String,
+    /// The session id every ID token issued in this session carries (`sid`), and its logout
+    /// tokens name.
+    pub sid: String,
     pub created: Instant,
 }
 
@@ -225,6 +237,7 @@ pub(crate) struct Shared {
     /// JWKS requests served (tests check that clients refetch keys sparingly).
     pub jwks_requests: AtomicU64,
     pub streams: streams::Streams,
+    pub backchannel: backchannel::Backchannel,
 }
 
 impl Shared {
@@ -340,6 +353,7 @@ impl Emulator {
             apis: config.apis,
             jwks_requests: AtomicU64::new(0),
             streams,
+            backchannel: backchannel::Backchannel::new(config.backchannel_logout),
         });
 
         let app = routes().data(shared.clone());
@@ -411,6 +425,66 @@ impl Emulator {
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         change(&mut client);
+    }
+
+    /// Registers (or, with `None`, removes) the application's back-channel logout URI and the
+    /// events that send logout tokens to it, as the dashboard's Back-Channel Logout settings do.
+    pub fn set_backchannel_logout(&self, registration: Option<BackchannelLogout>) {
+        self.running.shared.backchannel.set(registration);
+    }
+
+    /// The logout tokens sent so far, oldest first, with the application's answers.
+    pub fn backchannel_deliveries(&self) -> Vec<BackchannelDelivery> {
+        self.running.shared.backchannel.deliveries()
+    }
+
+    /// Waits until at least `count` logout tokens have been delivered (or failed), at most
+    /// `timeout`; returns every delivery so far.
+    pub async fn wait_for_backchannel_deliveries(
+        &self,
+        count: usize,
+        timeout: Duration,
+    ) -> Vec<BackchannelDelivery> {
+        self.running
+            .shared
+            .backchannel
+            .wait_for(count, timeout)
+            .await
+    }
+
+    /// The `sid` of every live single sign-on session of `user_id`.
+    pub fn session_ids_of(&self, user_id: &str) -> Vec<String> {
+        self.running
+            .shared
+            .grants()
+            .sso
+            .values()
+            .filter(|s| s.user_id == user_id)
+            .map(|s| s.sid.clone())
+            .collect()
+    }
+
+    /// The claims of a logout token the tenant would send for `sub` and `sid` (for tests that
+    /// change one and sign the result with [`Emulator::sign`]).
+    pub fn logout_token_claims(&self, sub: &str, sid: &str) -> serde_json::Value {
+        backchannel::logout_claims(&self.running.shared, sub, sid)
+    }
+
+    /// Signs `claims` with the tenant's current key, with `typ` in the header.
+    pub fn sign(&self, typ: &str, claims: &serde_json::Value) -> String {
+        self.running.shared.keys().sign_typed(typ, claims, false)
+    }
+
+    /// Updates a user as the dashboard or the Management API does, with the same consequences:
+    /// blocking ends the user's single sign-on sessions (logout tokens, `account-deactivated`).
+    pub fn update_user(&self, user_id: &str, patch: UserPatch) -> Result<User, StoreError> {
+        management::update(&self.running.shared, user_id, patch)
+    }
+
+    /// Deletes a user as the dashboard or the Management API does: their single sign-on
+    /// sessions end (logout tokens, `account-deleted`).
+    pub fn delete_user(&self, user_id: &str) {
+        management::delete(&self.running.shared, user_id);
     }
 
     pub fn faults(&self) -> &Faults {

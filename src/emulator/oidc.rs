@@ -24,7 +24,8 @@ use subtle::ConstantTimeEq;
 use url::Url;
 
 use super::{
-    AccessGrant, CodeGrant, PendingLogin, Shared,
+    AccessGrant, CodeGrant, PendingLogin, Shared, SsoSession,
+    backchannel::{self, Initiator},
     faults::IdTokenFault,
     form_map,
     login_page::{self, LoginView},
@@ -62,6 +63,9 @@ pub async fn discovery(shared: Data<&Arc<Shared>>) -> Json<Value> {
         "userinfo_endpoint": format!("{issuer}userinfo"),
         "jwks_uri": format!("{issuer}.well-known/jwks.json"),
         "end_session_endpoint": format!("{issuer}oidc/logout"),
+        // https://auth0.com/docs/authenticate/login/logout/back-channel-logout/configure-back-channel-logout
+        "backchannel_logout_supported": true,
+        "backchannel_logout_session_supported": true,
         "scopes_supported": ["openid", "profile", "email", "offline_access"],
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
@@ -243,10 +247,13 @@ pub async fn authorize(req: &Request, shared: Data<&Arc<Shared>>) -> Response {
     };
 
     // A live single sign-on session skips the login page unless the app asks for it.
-    let sso_user = sso_session(req, &shared).and_then(|(_, user_id)| shared.users.get(&user_id));
+    let sso = sso_session(req, &shared)
+        .and_then(|(_, sso)| shared.users.get(&sso.user_id).map(|user| (user, sso.sid)));
     let wants_page = prompts.contains(&"login") || signup;
-    match sso_user {
-        Some(user) if !wants_page => return complete_login(&shared, &pending, user, None),
+    match sso {
+        Some((user, sid)) if !wants_page => {
+            return complete_login(&shared, &pending, user, Sso::Existing(sid));
+        }
         _ if prompts.contains(&"none") => return fail("login_required", "Login required"),
         _ => {}
     }
@@ -276,11 +283,11 @@ fn invalid_redirect_uri() -> Response {
     )
 }
 
-/// The browser's single sign-on session: its cookie value and user, while it lasts.
-fn sso_session(req: &Request, shared: &Shared) -> Option<(String, String)> {
+/// The browser's single sign-on session and its cookie value, while it lasts.
+fn sso_session(req: &Request, shared: &Shared) -> Option<(String, SsoSession)> {
     let value = crate::auth::cookies::read(req, SSO_COOKIE)?;
     let session = shared.grants().sso.get(&value).cloned()?;
-    (session.created.elapsed() < SSO_TTL).then_some((value, session.user_id))
+    (session.created.elapsed() < SSO_TTL).then_some((value, session))
 }
 
 fn sso_cookie(value: &str, max_age: Duration) -> String {
@@ -290,10 +297,36 @@ fn sso_cookie(value: &str, max_age: Duration) -> String {
     )
 }
 
-/// Ends the browser's single sign-on session (both logout endpoints do).
-fn end_sso(req: &Request, shared: &Shared, mut response: Response) -> Response {
-    if let Some((value, _)) = sso_session(req, shared) {
-        shared.grants().sso.remove(&value);
+/// Ends the browser's single sign-on session (both logout endpoints do), or, for a browser
+/// without one, the session `hinted_sid` names (an `id_token_hint`'s `sid`): the application
+/// gets a logout token for it (`rp-logout`).
+fn end_sso(
+    req: &Request,
+    shared: &Arc<Shared>,
+    hinted_sid: Option<&str>,
+    mut response: Response,
+) -> Response {
+    let browsers = sso_session(req, shared).map(|(value, _)| value);
+    let ended = {
+        let mut grants = shared.grants();
+        let key = match browsers {
+            Some(value) => Some(value),
+            None => hinted_sid.and_then(|sid| {
+                grants
+                    .sso
+                    .iter()
+                    .find(|(_, session)| session.sid == sid)
+                    .map(|(value, _)| value.clone())
+            }),
+        };
+        key.and_then(|key| grants.sso.remove(&key))
+    };
+    if let Some(session) = ended {
+        backchannel::sessions_ended(
+            shared,
+            Initiator::RpLogout,
+            vec![(session.user_id, session.sid)],
+        );
     }
     if let Ok(cookie) = header::HeaderValue::from_str(&sso_cookie("", Duration::ZERO)) {
         response.headers_mut().append(header::SET_COOKIE, cookie);
@@ -301,14 +334,38 @@ fn end_sso(req: &Request, shared: &Shared, mut response: Response) -> Response {
     response
 }
 
+/// Ends every single sign-on session of `user_id` (the user was deleted or blocked): the
+/// application gets a logout token for each, for `initiator`.
+pub(crate) fn end_user_sessions(shared: &Arc<Shared>, user_id: &str, initiator: Initiator) {
+    let ended: Vec<(String, String)> = {
+        let mut grants = shared.grants();
+        let keys: Vec<String> = grants
+            .sso
+            .iter()
+            .filter(|(_, session)| session.user_id == user_id)
+            .map(|(key, _)| key.clone())
+            .collect();
+        keys.iter()
+            .filter_map(|key| grants.sso.remove(key))
+            .map(|session| (session.user_id, session.sid))
+            .collect()
+    };
+    if !ended.is_empty() {
+        backchannel::sessions_ended(shared, initiator, ended);
+    }
+}
+
+/// The single sign-on session a sign-in happens in.
+enum Sso<'a> {
+    /// The browser's session, which skipped the login page.
+    Existing(String),
+    /// A new session for this browser, with this cookie value.
+    New(&'a str),
+}
+
 /// After the person is known (login page or single sign-on): the post-login checks, then a
-/// code back to the application. `new_sso` starts a single sign-on session for this browser.
-fn complete_login(
-    shared: &Shared,
-    pending: &PendingLogin,
-    user: User,
-    new_sso: Option<&str>,
-) -> Response {
+/// code back to the application, issued in the `sso` session.
+fn complete_login(shared: &Shared, pending: &PendingLogin, user: User, sso: Sso<'_>) -> Response {
     let Ok(redirect_uri) = Url::parse(&pending.redirect_uri) else {
         return invalid_redirect_uri();
     };
@@ -335,6 +392,10 @@ fn complete_login(
 
     let code = random_token(24);
     let client_id = shared.client().id.clone();
+    let (sid, new_sso) = match sso {
+        Sso::Existing(sid) => (sid, None),
+        Sso::New(value) => (random_token(24), Some(value)),
+    };
     let mut grants = shared.grants();
     grants.codes.insert(
         code.clone(),
@@ -346,14 +407,16 @@ fn complete_login(
             scope: pending.scope.clone(),
             user_id: user.user_id.clone(),
             organization: pending.organization.clone(),
+            sid: sid.clone(),
             created: Instant::now(),
         },
     );
     if let Some(value) = new_sso {
         grants.sso.insert(
             value.to_owned(),
-            super::SsoSession {
+            SsoSession {
                 user_id: user.user_id,
+                sid,
                 created: Instant::now(),
             },
         );
@@ -472,7 +535,7 @@ pub async fn login(shared: Data<&Arc<Shared>>, body: Body) -> Response {
         }
     };
     shared.grants().pending.remove(request_id);
-    complete_login(&shared, &pending, user, Some(&random_token(24)))
+    complete_login(&shared, &pending, user, Sso::New(&random_token(24)))
 }
 
 /// Reads a token request body: form (the standard) or JSON (Auth0 accepts both).
@@ -786,7 +849,8 @@ fn id_token(shared: &Shared, client_id: &str, user: &User, grant: &CodeGrant) ->
     claims.insert("aud".into(), json!(aud));
     claims.insert("iat".into(), json!(iat));
     claims.insert("exp".into(), json!(exp));
-    claims.insert("sid".into(), json!(random_token(16)));
+    // The single sign-on session's id, which the logout tokens for it carry too.
+    claims.insert("sid".into(), json!(grant.sid));
     // https://auth0.com/docs/manage-users/organizations/using-tokens
     if let Some(organization) = &grant.organization {
         if organization.starts_with("org_") {
@@ -898,7 +962,7 @@ pub async fn logout_v2(req: &Request, shared: Data<&Arc<Shared>>) -> Response {
         Some(url) => redirect(&url),
         None => login_page::respond(StatusCode::OK, login_page::signed_out()),
     };
-    end_sso(req, &shared, response)
+    end_sso(req, &shared, None, response)
 }
 
 /// `GET /oidc/logout`: OpenID Connect RP-initiated logout.
@@ -908,12 +972,17 @@ pub async fn logout_oidc(req: &Request, shared: Data<&Arc<Shared>>) -> Response 
     let params = form_map(req.uri().query().unwrap_or(""));
     let param = |name: &str| non_empty(&params, name);
     let client_id = shared.client().id.clone();
+    let mut hinted_sid = None;
     if let Some(hint) = param("id_token_hint") {
         // An expired hint is fine (the session may be old); a forged or foreign one is not.
         let claims = shared.keys().verify(hint);
         let ours = claims.as_ref().is_some_and(|c| {
             c["iss"] == json!(shared.issuer_identifier) && c["aud"] == json!(client_id)
         });
+        hinted_sid = claims
+            .as_ref()
+            .and_then(|c| c["sid"].as_str())
+            .map(str::to_owned);
         if !ours {
             return error_page(
                 StatusCode::BAD_REQUEST,
@@ -931,7 +1000,7 @@ pub async fn logout_oidc(req: &Request, shared: Data<&Arc<Shared>>) -> Response 
     }
     let Some(target) = param("post_logout_redirect_uri") else {
         let page = login_page::respond(StatusCode::OK, login_page::signed_out());
-        return end_sso(req, &shared, page);
+        return end_sso(req, &shared, hinted_sid.as_deref(), page);
     };
     if param("id_token_hint").is_none() && param("client_id").is_none() {
         return error_page(
@@ -956,5 +1025,5 @@ pub async fn logout_oidc(req: &Request, shared: Data<&Arc<Shared>>) -> Response 
     if let Some(state) = param("state") {
         to.query_pairs_mut().append_pair("state", state);
     }
-    end_sso(req, &shared, redirect(&to))
+    end_sso(req, &shared, hinted_sid.as_deref(), redirect(&to))
 }

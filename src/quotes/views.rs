@@ -40,6 +40,7 @@ pub fn home_signed_in(shell: &Shell, card: Markup) -> Markup {
         html! {
             (card)
             div #status.status role="status" aria-live="polite" {}
+            (crate::auth::devices::placeholder())
         },
     )
 }

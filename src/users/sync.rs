@@ -28,7 +28,10 @@ use futures::StreamExt;
 use sqlx::{PgPool, pool::PoolConnection};
 use tokio::time::Instant;
 
-use crate::observability::{self, names};
+use crate::{
+    auth::revocation,
+    observability::{self, names},
+};
 
 use super::{
     auth0_api::{ApiError, ManagementApi, UsersQuery},
@@ -611,6 +614,16 @@ impl Syncer {
             // Counted as batches land, so a long export shows progress and a failed run its work.
             metrics::counter!(names::USERS_SYNCED_TOTAL).increment(outcome.written.upserted);
             skipped.extend(outcome.skipped.into_iter().map(|(id, why)| (Some(id), why)));
+            // A user found blocked loses every session now, not at their sessions' expiry.
+            let blocked: Vec<&str> = users
+                .iter()
+                .filter(|u| u.blocked == Some(true))
+                .map(|u| u.user_id.as_str())
+                .collect();
+            if !blocked.is_empty() {
+                revocation::end_sessions_of_revoked_users(&self.db, &blocked).await?;
+                self.count_sql(1);
+            }
         }
         for (user_id, reason) in &skipped {
             tracing::warn!(
@@ -634,6 +647,9 @@ impl Syncer {
     /// After a complete full sync: purge old quotes and move the watermark up to the run's start
     /// (minus the overlap), since everything older was in the listing.
     async fn after_full(&self, started_at: DateTime<Utc>) -> Result<(), SyncError> {
+        // Users just marked deleted (and any blocked one a session outlived) lose their sessions.
+        revocation::end_sessions_of_all_revoked_users(&self.db).await?;
+        self.count_sql(1);
         let purged = store::purge_deleted(&self.db, self.options.purge_after_days).await?;
         if purged > 0 {
             tracing::info!(quotes = purged, "purged quotes of long-deleted users");

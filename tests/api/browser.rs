@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use crate::{
-    helpers::{TestApp, spawn_app, spawn_app_with, spawn_app_with_worker},
+    helpers::{TestApp, signed_in_at, spawn_app, spawn_app_with, spawn_app_with_worker},
     webdriver::{Browser, Result, find_browser},
 };
 
@@ -540,5 +540,52 @@ async fn a_person_sees_every_failed_request_and_keeps_what_they_typed() {
     let app = spawn_app().await;
     if let Err(err) = failing_requests_scenario(&browser, app).await {
         fail_with_screenshot(&browser, "failed-requests", err).await;
+    }
+}
+
+async fn other_devices_scenario(browser: &Browser, app: &TestApp) -> Result<()> {
+    let phone = app.signed_in_client("many-devices@example.com").await;
+    log_in(browser, app, "many-devices@example.com").await?;
+    // The line arrives after the page (htmx, on load).
+    browser
+        .wait_until(
+            "the devices line",
+            "return (document.querySelector('#devices') || {}).textContent \
+             && document.querySelector('#devices').textContent.includes('Signed in on 2 devices.');",
+        )
+        .await?;
+    browser
+        .execute("window.__quotebookMarker = 7; return true;")
+        .await?;
+    let button = browser.find("#devices button[type='submit']").await?;
+    browser.click(&button).await?;
+    browser
+        .wait_until(
+            "the others signed out",
+            "return document.querySelector('#devices').textContent.includes('Signed out of 1 other device.');",
+        )
+        .await?;
+    browser
+        .wait_until(
+            "no full page load",
+            "return window.__quotebookMarker === 7;",
+        )
+        .await?;
+    if signed_in_at(&app.address, &phone).await {
+        return Err("the phone is still signed in".into());
+    }
+    browser.goto(&app.url("/")).await?;
+    browser.wait_for(".welcome").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_signs_out_their_other_devices_from_the_signed_in_page() {
+    let Some(browser) = browser().await else {
+        return;
+    };
+    let app = spawn_app().await;
+    if let Err(err) = other_devices_scenario(&browser, &app).await {
+        fail_with_screenshot(&browser, "other-devices", err).await;
     }
 }

@@ -15,7 +15,7 @@ use rsa::{
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::helpers::client;
+use crate::helpers::{client, management_token};
 
 const CALLBACK: &str = "http://localhost:3000/auth/callback";
 const LOGOUT: &str = "http://localhost:3000/";
@@ -162,28 +162,6 @@ async fn verify(emulator: &Emulator, jwt: &str) -> Option<Value> {
 fn claims_unverified(jwt: &str) -> Value {
     let payload = jwt.split('.').nth(1).unwrap();
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
-}
-
-async fn management_token(emulator: &Emulator, scope: Option<&str>) -> String {
-    let mut body = json!({
-        "grant_type": "client_credentials",
-        "client_id": CLIENT_ID,
-        "client_secret": CLIENT_SECRET,
-        "audience": format!("{}api/v2/", emulator.issuer()),
-    });
-    if let Some(scope) = scope {
-        body["scope"] = json!(scope);
-    }
-    let response = client()
-        .post(url(emulator, "/oauth/token"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let token: Value = response.json().await.unwrap();
-    assert_eq!(token["token_type"], "Bearer");
-    token["access_token"].as_str().unwrap().to_owned()
 }
 
 async fn api_get(emulator: &Emulator, token: &str, path_and_query: &str) -> reqwest::Response {

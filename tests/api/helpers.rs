@@ -753,3 +753,83 @@ impl AppOnOwnCluster {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A Management API token from `emulator` (client credentials of the dev client), narrowed to
+/// `scope` when given.
+pub async fn management_token(
+    emulator: &quotebook::emulator::Emulator,
+    scope: Option<&str>,
+) -> String {
+    let mut body = serde_json::json!({
+        "grant_type": "client_credentials",
+        "client_id": quotebook::config::DEV_CLIENT_ID,
+        "client_secret": quotebook::config::DEV_CLIENT_SECRET,
+        "audience": format!("{}api/v2/", emulator.issuer()),
+    });
+    if let Some(scope) = scope {
+        body["scope"] = serde_json::json!(scope);
+    }
+    let response = client()
+        .post(format!("{}oauth/token", emulator.issuer()))
+        .json(&body)
+        .send()
+        .await
+        .expect("token request");
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    let token: serde_json::Value = response.json().await.expect("token JSON");
+    assert_eq!(token["token_type"], "Bearer");
+    token["access_token"]
+        .as_str()
+        .expect("an access token")
+        .to_owned()
+}
+
+impl TestApp {
+    /// The `sub` (users.user_id) of the person who signed in as `email`.
+    pub async fn sub_of(&self, email: &str) -> String {
+        sqlx::query_scalar("SELECT user_id FROM users WHERE email = $1")
+            .bind(email)
+            .fetch_one(&self.db)
+            .await
+            .expect("the person signed in")
+    }
+
+    /// The provider session (`sid`) of each of `sub`'s sessions, in order.
+    pub async fn sids_of(&self, sub: &str) -> Vec<String> {
+        sqlx::query_scalar("SELECT sid FROM sessions WHERE user_id = $1 ORDER BY sid")
+            .bind(sub)
+            .fetch_all(&self.db)
+            .await
+            .expect("sessions")
+    }
+
+    /// The app's in-process emulator (development mode).
+    pub fn emulator(&self) -> &quotebook::emulator::Emulator {
+        self.emulator.as_ref().expect("the in-process emulator")
+    }
+}
+
+/// Whether `client` is signed in at the app at `address` (`/auth/me`: 200 or 401).
+pub async fn signed_in_at(address: &str, client: &reqwest::Client) -> bool {
+    let me = client
+        .get(format!("{address}/auth/me"))
+        .send()
+        .await
+        .expect("/auth/me");
+    match me.status() {
+        reqwest::StatusCode::OK => true,
+        reqwest::StatusCode::UNAUTHORIZED => false,
+        other => panic!("/auth/me answered {other}"),
+    }
+}
+
+/// Posts `logout_token` to the app at `address` as a provider does (OpenID Connect Back-Channel
+/// Logout 1.0, section 2.5).
+pub async fn post_logout_token(address: &str, logout_token: &str) -> reqwest::Response {
+    client()
+        .post(format!("{address}/auth/backchannel-logout"))
+        .form(&[("logout_token", logout_token)])
+        .send()
+        .await
+        .expect("back-channel logout request")
+}

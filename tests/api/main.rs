@@ -2,6 +2,7 @@
 
 mod admin;
 mod auth;
+mod backchannel_logout;
 mod batched_lookup;
 mod batched_saves;
 mod browser;
@@ -9,14 +10,17 @@ mod canonical_origin;
 mod db_outages;
 mod deploy_files;
 mod emulator;
+mod emulator_backchannel;
 mod foundation;
 mod hardening;
 mod helpers;
 mod no_store;
 mod observability;
+mod own_sessions;
 mod pooler;
 mod providers;
 mod quotes;
+mod revocation;
 mod search;
 mod second_provider;
 mod sign_in_tabs;

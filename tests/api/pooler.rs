@@ -151,16 +151,23 @@ async fn with_only_a_neon_pooled_url_requests_use_the_pooler_and_session_work_go
     }
     signed_in_traffic(&app, 2, 1).await;
 
-    // The workers (the sync's, the streams') listen on direct connections of their own.
-    let listening: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity
-         WHERE datname = $1 AND usename = 'postgres' AND query LIKE 'LISTEN%'",
+    // The workers (the sync's, the streams') and the web tier (for ended sessions) each listen
+    // on a direct connection of their own (the pooler's server connections are checked below).
+    let listening: Vec<String> = sqlx::query_scalar(
+        "SELECT query FROM pg_stat_activity
+         WHERE datname = $1 AND usename = 'postgres' AND query LIKE 'LISTEN%' ORDER BY query",
     )
     .bind(&app.db_name)
-    .fetch_one(&app.db)
+    .fetch_all(&app.db)
     .await
     .unwrap();
-    assert_eq!(listening, 2, "apalis' LISTENs run on the direct connection");
+    assert_eq!(listening.len(), 3, "{listening:?}");
+    assert!(
+        listening
+            .iter()
+            .any(|q| q.contains(quotebook::auth::session_events::CHANNEL)),
+        "{listening:?}"
+    );
     for server in neon.bouncer.server_connections(&app.db_name, &app.db).await {
         assert!(server.prepared.is_empty(), "statements left on {server:?}");
         assert!(server.listening.is_empty(), "LISTEN on {server:?}");

@@ -1,8 +1,9 @@
 //! Sign-in against a second, standards-following OpenID Provider: panva's oidc-provider
 //! (OpenID Certified), run by `tests/oidc-provider/server.mjs` with Node. Unlike the Auth0
 //! emulator it spells its issuer without a trailing slash, serves the profile from UserInfo
-//! only, adds `iss` to its authorization responses, keeps its own single sign-on session and
-//! asks for confirmation at RP-initiated logout.
+//! only, adds `iss` to its authorization responses, keeps its own single sign-on session,
+//! asks for confirmation at RP-initiated logout, and types its back-channel logout tokens
+//! `logout+jwt` (with a `sid` only when the client registered `backchannel_logout_session_required`).
 //!
 //! Needs Node and `npm ci --prefix tests/oidc-provider` (`.ci/run` does both). Without them the
 //! tests say so and skip, except under `CI=true`, where they fail.
@@ -12,7 +13,9 @@ use std::{path::PathBuf, process::Stdio, time::Duration};
 use reqwest::StatusCode;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::helpers::{TestApp, client, csrf_token, find_form, location, spawn_app_with};
+use crate::helpers::{
+    TestApp, client, csrf_token, find_form, location, signed_in_at, spawn_app_with,
+};
 
 const CLIENT_ID: &str = "quotebook-tests";
 const CLIENT_SECRET: &str = "quotebook-tests-secret-that-is-long-enough";
@@ -44,8 +47,17 @@ fn missing() -> Option<String> {
     None
 }
 
+/// How the app is registered for back-channel logout at the provider.
+#[derive(Debug, Clone, Copy)]
+enum BackChannel {
+    /// Not registered: no logout tokens.
+    Off,
+    /// Registered; `sid` in ID and logout tokens when `session_required`.
+    On { session_required: bool },
+}
+
 /// Starts the provider for an app at `app_address`, or `None` (with the reason) outside CI.
-async fn start_provider(app_address: &str) -> Option<OtherProvider> {
+async fn start_provider(app_address: &str, back_channel: BackChannel) -> Option<OtherProvider> {
     if let Some(reason) = missing() {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!("{reason}");
@@ -53,12 +65,25 @@ async fn start_provider(app_address: &str) -> Option<OtherProvider> {
         eprintln!("skipping the second-provider test: {reason}");
         return None;
     }
-    let mut process = tokio::process::Command::new("node")
+    let mut command = tokio::process::Command::new("node");
+    command
         .arg(script_dir().join("server.mjs"))
         .env("CLIENT_ID", CLIENT_ID)
         .env("CLIENT_SECRET", CLIENT_SECRET)
         .env("REDIRECT_URI", format!("{app_address}/auth/callback"))
-        .env("POST_LOGOUT_REDIRECT_URI", format!("{app_address}/"))
+        .env("POST_LOGOUT_REDIRECT_URI", format!("{app_address}/"));
+    if let BackChannel::On { session_required } = back_channel {
+        command
+            .env(
+                "BACKCHANNEL_LOGOUT_URI",
+                format!("{app_address}/auth/backchannel-logout"),
+            )
+            .env(
+                "BACKCHANNEL_LOGOUT_SESSION_REQUIRED",
+                session_required.to_string(),
+            );
+    }
+    let mut process = command
         .stdout(Stdio::piped())
         // Its development-mode warnings are expected.
         .stderr(Stdio::null())
@@ -85,12 +110,17 @@ async fn start_provider(app_address: &str) -> Option<OtherProvider> {
 /// The app on a port chosen up front (the provider must know its callback), signing in against
 /// the provider.
 async fn app_and_provider() -> Option<(TestApp, OtherProvider)> {
+    app_and_provider_with(BackChannel::Off).await
+}
+
+/// [`app_and_provider`] with the app registered for back-channel logout as `back_channel`.
+async fn app_and_provider_with(back_channel: BackChannel) -> Option<(TestApp, OtherProvider)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
     let address = format!("http://127.0.0.1:{port}");
-    let provider = start_provider(&address).await?;
+    let provider = start_provider(&address, back_channel).await?;
     let port = port.to_string();
     let app = spawn_app_with(&[
         ("PORT", port.as_str()),
@@ -304,4 +334,75 @@ async fn log_out_after_the_local_session_expired_ends_the_second_providers_sessi
         second_login_lands(&app, &provider, &browser).await,
         "the login form"
     );
+}
+
+/// Signs `browser` in at the app through the provider as `login`.
+async fn signed_in(
+    app: &TestApp,
+    provider: &OtherProvider,
+    browser: &reqwest::Client,
+    login: &str,
+) {
+    let callback = sign_in(app, provider, browser, login).await;
+    let done = browser.get(&callback).send().await.unwrap();
+    assert_eq!(done.status(), StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn a_logout_at_the_second_provider_reaches_the_app_through_the_back_channel() {
+    for session_required in [true, false] {
+        let Some((app, provider)) =
+            app_and_provider_with(BackChannel::On { session_required }).await
+        else {
+            return;
+        };
+        let laptop = client();
+        let phone = client();
+        signed_in(&app, &provider, &laptop, "bc@example.com").await;
+        signed_in(&app, &provider, &phone, "bc@example.com").await;
+        let bystander = client();
+        signed_in(&app, &provider, &bystander, "other@example.com").await;
+        let sids: Vec<Option<String>> =
+            sqlx::query_scalar("SELECT sid FROM sessions WHERE user_id = $1")
+                .bind("bc@example.com")
+                .fetch_all(&app.db)
+                .await
+                .unwrap();
+        assert_eq!(sids.len(), 2);
+        assert_eq!(
+            sids.iter().all(Option::is_some),
+            session_required,
+            "the ID token carries sid only when the client asked for it: {sids:?}"
+        );
+
+        // The laptop ends its session at the provider itself, not through the app: the
+        // provider posts a logout token (typed logout+jwt) before it confirms.
+        let discovery: serde_json::Value = client()
+            .get(format!(
+                "{}/.well-known/openid-configuration",
+                provider.issuer
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(discovery["backchannel_logout_supported"], true);
+        let end_session =
+            url::Url::parse(discovery["end_session_endpoint"].as_str().unwrap()).unwrap();
+        confirm_logout(&provider, &laptop, end_session).await;
+
+        assert!(
+            !signed_in_at(&app.address, &laptop).await,
+            "session_required={session_required}"
+        );
+        // With a sid only that provider session ends; with only a sub, every one of theirs.
+        assert_eq!(
+            signed_in_at(&app.address, &phone).await,
+            session_required,
+            "session_required={session_required}"
+        );
+        assert!(signed_in_at(&app.address, &bystander).await);
+    }
 }

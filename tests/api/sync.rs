@@ -862,10 +862,10 @@ async fn a_profile_postgres_refuses_is_isolated_and_its_batch_still_written() {
     .unwrap();
     let outcome = store::write_profiles(&f.db, &batch).await.unwrap();
     assert_eq!(outcome.written.upserted, 8);
-    let mut skipped: Vec<&str> = outcome.skipped.iter().map(|(id, _)| id.as_str()).collect();
-    skipped.sort();
+    let skipped: Vec<&str> = outcome.skipped.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(skipped.len(), 2);
-    assert_eq!(skipped[0], "auth0|3");
+    // The other one's random id may sort either side of it.
+    assert!(skipped.contains(&"auth0|3"), "{skipped:?}");
     assert!(
         outcome.skipped.iter().any(|(_, why)| why.contains("0x00")),
         "{:?}",

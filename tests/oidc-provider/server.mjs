@@ -6,6 +6,10 @@
 //   CLIENT_ID, CLIENT_SECRET        the one registered client (client_secret_post)
 //   REDIRECT_URI                    its callback URL
 //   POST_LOGOUT_REDIRECT_URI        where its logouts may return to
+//   BACKCHANNEL_LOGOUT_URI          optional; where logout tokens go (OpenID Connect
+//                                   Back-Channel Logout 1.0) when a session of the provider ends
+//   BACKCHANNEL_LOGOUT_SESSION_REQUIRED  `true`: ID and logout tokens carry `sid`; otherwise
+//                                   logout tokens name only the `sub`
 //   PORT                            optional; a free port when unset
 // It listens on 127.0.0.1 and prints one line of JSON, {"issuer": "http://127.0.0.1:PORT"},
 // once it accepts requests. SIGTERM or SIGINT stop it.
@@ -15,8 +19,8 @@
 // the `name`. As the spec lets a provider do with the code flow (OpenID Connect Core 5.4), the
 // profile and email claims are served from UserInfo, not put in the ID token.
 //
-// To extend (back-channel logout for the events issue): register `backchannel_logout_uri` on
-// the client below; the feature is already on.
+// Logout tokens are typed `logout+jwt`, expire after 120 s and are delivered before the
+// provider's end-session confirmation redirects the browser.
 
 import http from 'node:http';
 import Provider from 'oidc-provider';
@@ -38,6 +42,12 @@ const client = {
   response_types: ['code'],
   grant_types: ['authorization_code'],
   token_endpoint_auth_method: 'client_secret_post',
+  ...(process.env.BACKCHANNEL_LOGOUT_URI
+    ? {
+      backchannel_logout_uri: process.env.BACKCHANNEL_LOGOUT_URI,
+      backchannel_logout_session_required: process.env.BACKCHANNEL_LOGOUT_SESSION_REQUIRED === 'true',
+    }
+    : {}),
 };
 
 const server = http.createServer();
@@ -81,6 +91,12 @@ const provider = new Provider(issuer, {
     return grant;
   },
   pkce: { required: () => true },
+  // The provider refuses to fetch special-use addresses (SSRF protection), loopback included;
+  // the app under test is on loopback, so its logout tokens go out without that check.
+  fetch: (url, options) => {
+    const { dispatcher, ...rest } = options;
+    return globalThis.fetch(url, rest);
+  },
   features: {
     devInteractions: { enabled: true },
     rpInitiatedLogout: { enabled: true },
@@ -93,3 +109,7 @@ for (const signal of ['SIGTERM', 'SIGINT']) {
   process.on(signal, () => server.close(() => process.exit(0)));
 }
 console.log(JSON.stringify({ issuer }));
+// A delivery that fails says why on stderr (run the test with its stderr inherited to see it).
+provider.on('backchannel.error', (ctx, err, client) => {
+  console.error(`back-channel logout to ${client.backchannelLogoutUri} failed: ${err.message}`);
+});
