@@ -70,6 +70,9 @@ async fn app_fed_by(feeds: Feeds) -> TestApp {
     ])
     .await;
     emulator(&app).deliver_streams_to(destinations(&app, feeds));
+    // Only the streams may change users and end sessions here: the emulator's back-channel
+    // logout on a block (development's default registration) would end them first.
+    emulator(&app).set_backchannel_logout(None);
     app
 }
 
