@@ -14,6 +14,7 @@ use std::{
         Arc, Mutex, OnceLock, PoisonError,
         atomic::{AtomicUsize, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -86,6 +87,19 @@ struct Job {
     status: Mutex<Status>,
     written: AtomicUsize,
     file: OnceLock<Result<Bytes, String>>,
+    /// How long the file took to build, once it is built.
+    built_in: OnceLock<Duration>,
+}
+
+/// One finished export file: how many users it holds, its size and how long it took to build
+/// (the emulator's own work, which a sync only waits for).
+#[derive(Debug, Clone)]
+pub struct ExportBuild {
+    pub job_id: String,
+    pub users: usize,
+    /// Gzipped bytes.
+    pub bytes: usize,
+    pub built_in: Duration,
 }
 
 /// The jobs of this emulator.
@@ -107,6 +121,31 @@ impl Default for Exports {
 impl Exports {
     fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Job>>> {
         self.jobs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The files built so far, oldest first.
+    pub fn builds(&self) -> Vec<ExportBuild> {
+        let mut builds: Vec<(DateTime<Utc>, ExportBuild)> = self
+            .jobs()
+            .values()
+            .filter_map(|job| {
+                let built_in = *job.built_in.get()?;
+                let Some(Ok(file)) = job.file.get() else {
+                    return None;
+                };
+                Some((
+                    job.created_at,
+                    ExportBuild {
+                        job_id: job.id.clone(),
+                        users: job.written.load(Ordering::Relaxed),
+                        bytes: file.len(),
+                        built_in,
+                    },
+                ))
+            })
+            .collect();
+        builds.sort_by_key(|(created, _)| *created);
+        builds.into_iter().map(|(_, build)| build).collect()
     }
 
     fn signature(&self, file: &str, expires: i64) -> String {
@@ -195,8 +234,10 @@ pub async fn create_job(shared: Data<&Arc<Shared>>, body: Body) -> Response {
     let users = shared.users.clone();
     let worker = job.clone();
     tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
         let result =
             build_file(&worker, &users).map_err(|e| format!("writing the export failed: {e}"));
+        let _ = worker.built_in.set(started.elapsed());
         let _ = worker.file.set(result);
     });
     super::json_response(StatusCode::CREATED, &job_json(&job, &shared))
@@ -296,6 +337,7 @@ fn parse_job(object: &Map<String, Value>, users: &UserStore) -> Result<Job, Stri
         status: Mutex::new(Status::Pending),
         written: AtomicUsize::new(0),
         file: OnceLock::new(),
+        built_in: OnceLock::new(),
     })
 }
 

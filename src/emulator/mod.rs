@@ -46,6 +46,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use url::Url;
 
+pub use exports::ExportBuild;
 pub use faults::{Faults, IdTokenFault};
 pub use users::{NewUser, StoreError, User, UserPatch, UserStore};
 
@@ -405,6 +406,12 @@ impl Emulator {
 
     pub fn users(&self) -> &UserStore {
         &self.running.shared.users
+    }
+
+    /// The export files built so far, oldest first (benchmarks print their build time apart
+    /// from the sync's).
+    pub fn export_builds(&self) -> Vec<ExportBuild> {
+        self.running.shared.exports.builds()
     }
 
     /// Stops accepting connections (in-flight requests get a second to finish): the provider
