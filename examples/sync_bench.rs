@@ -123,6 +123,9 @@ async fn bench(
     if let Some(batch) = flag(args, "--batch") {
         options.batch_size = batch.parse().context("--batch takes a number")?;
     }
+    if let Some(writers) = flag(args, "--writers") {
+        options.writers = writers.parse().context("--writers takes a number")?;
+    }
     let syncer = Syncer::new(pool.clone(), api, options);
     let postgres = PostgresCpu::find(&pool).await;
 
@@ -293,10 +296,19 @@ fn own_cpu() -> Duration {
 
 /// User and system CPU time of process `pid`, from `/proc/<pid>/stat`.
 fn process_cpu(pid: &str) -> Option<Duration> {
+    cpu_ticks(pid, 11..13)
+}
+
+/// The CPU time in `fields` of `/proc/<pid>/stat` (counted after the command name: 11 and 12
+/// are the process's user and system time, 13 and 14 those of its children that ended).
+fn cpu_ticks(pid: &str, fields: std::ops::Range<usize>) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces: fields are counted after its closing parenthesis.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let values: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let mut ticks = 0u64;
+    for at in fields {
+        ticks += values.get(at)?.parse::<u64>().ok()?;
+    }
     // SAFETY: sysconf only reads a configuration value.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     Some(Duration::from_millis(ticks * 1000 / per_second))
@@ -324,9 +336,10 @@ impl PostgresCpu {
         Some(Self { postmaster: parent })
     }
 
-    /// CPU seconds used so far by the postmaster and its living children.
+    /// CPU seconds used so far by the postmaster and its children, living or ended (a
+    /// connection's backend ends with it).
     fn seconds(&self) -> f64 {
-        let mut total = process_cpu(&self.postmaster).unwrap_or_default();
+        let mut total = cpu_ticks(&self.postmaster, 11..15).unwrap_or_default();
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let pid = entry.file_name().to_string_lossy().into_owned();
             if !pid.bytes().all(|b| b.is_ascii_digit()) {

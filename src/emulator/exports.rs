@@ -491,13 +491,27 @@ pub async fn download(
     let id = file.split('.').next().unwrap_or_default();
     let job = shared.exports.jobs().get(id).cloned();
     match job.as_ref().and_then(|job| job.file.get()) {
-        Some(Ok(bytes)) => Response::builder()
-            .content_type("application/gzip")
-            .header(
-                "content-disposition",
-                format!("attachment; filename=\"{file}\""),
-            )
-            .body(bytes.clone()),
+        Some(Ok(bytes)) => {
+            let body = match shared.faults.take_download_cut() {
+                Some(cut) => {
+                    let head = bytes.slice(..cut.min(bytes.len()));
+                    Body::from_bytes_stream(futures::stream::iter([
+                        Ok(head),
+                        Err(std::io::Error::other(
+                            "download cut (emulator fault switch)",
+                        )),
+                    ]))
+                }
+                None => Body::from(bytes.clone()),
+            };
+            Response::builder()
+                .content_type("application/gzip")
+                .header(
+                    "content-disposition",
+                    format!("attachment; filename=\"{file}\""),
+                )
+                .body(body)
+        }
         _ => Response::builder()
             .status(StatusCode::NOT_FOUND)
             .content_type("text/plain")

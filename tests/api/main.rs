@@ -19,4 +19,5 @@ mod quotes;
 mod second_provider;
 mod sign_in_tabs;
 mod sync;
+mod sync_export;
 mod webdriver;

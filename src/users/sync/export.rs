@@ -1,45 +1,52 @@
 //! The full sync of a large tenant: an export job (`POST /api/v2/jobs/users-exports`), polled
-//! until its file is ready, then the gzipped NDJSON file streamed through a decoder thread
-//! ([`super::ndjson`]): memory stays flat whatever the tenant size. Users the file does not hold
-//! are marked deleted.
+//! until its file is ready, then the gzipped NDJSON file streamed into `users`. Users the file
+//! does not hold are marked deleted.
 //! auth0.com/docs/manage-users/user-migration/bulk-user-exports
+//!
+//! The file is written as it arrives, in a pipeline whose stages overlap: the download (async),
+//! gunzip and parsing on a blocking thread ([`super::ndjson`]), and writers that each stream
+//! batches into a staging table of their own and merge them ([`crate::users::staging`]). While
+//! Postgres merges one batch, the next is parsed and another writer copies a third, so neither
+//! side waits for the other. Bounded channels between the stages keep memory flat whatever the
+//! tenant size.
 
-use std::{io, time::Duration};
+use std::{
+    collections::BTreeMap,
+    io,
+    sync::{Arc, PoisonError},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use tokio::time::Instant;
+use tokio::{
+    sync::{Mutex, mpsc},
+    task::JoinSet,
+    time::Instant,
+};
 
 use super::{
-    AbortOnDrop, SyncError, Syncer,
+    AbortOnDrop, SyncError, Syncer, Written,
     ndjson::{Batch, ChannelReader, decode_export},
+    write_to,
 };
-use crate::users::{auth0_api::UsersQuery, store, sync_runs::Progress};
+use crate::users::{
+    auth0_api::UsersQuery,
+    staging::StagingTable,
+    store::{self, Destination},
+    sync_runs::Progress,
+};
 
-/// The fields requested from an export; a JSON export has no other way to say "everything".
-pub const EXPORT_FIELDS: &[&str] = &[
-    "user_id",
-    "email",
-    "email_verified",
-    "username",
-    "phone_number",
-    "phone_verified",
-    "name",
-    "nickname",
-    "given_name",
-    "family_name",
-    "picture",
-    "blocked",
-    "logins_count",
-    "last_login",
-    "last_ip",
-    "created_at",
-    "updated_at",
-    "identities",
-    "app_metadata",
-    "user_metadata",
-];
+pub use crate::users::fields::EXPORT_FIELDS;
+
+/// Progress is recorded at most this often while batches land (the admin page polls once a
+/// second); always when the file is done.
+const RECORD_EVERY: Duration = Duration::from_millis(250);
+
+/// Bounds of the pause between two polls of an export job.
+const MIN_POLL: Duration = Duration::from_millis(100);
+const MAX_POLL: Duration = Duration::from_secs(5);
 
 impl Syncer {
     pub(super) async fn full_by_export(
@@ -63,8 +70,7 @@ impl Syncer {
                 *self
                     .export_ready
                     .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                    Some(std::time::Instant::now());
+                    .unwrap_or_else(PoisonError::into_inner) = Some(std::time::Instant::now());
             }
             downloads += 1;
             // The signed location is valid for 60 s; if a download breaks, fetch a fresh one and
@@ -107,7 +113,8 @@ impl Syncer {
         self.after_full(started_at).await
     }
 
-    /// Polls the job with growing pauses until it has a download location.
+    /// Polls the job until it has a download location: after the time Auth0 says is left when
+    /// it says so, else with growing pauses.
     async fn wait_for_export(
         &self,
         run_id: i64,
@@ -146,13 +153,18 @@ impl Syncer {
             }
             // Keeps the run's heartbeat fresh during a long export.
             self.record(run_id, progress).await?;
-            tokio::time::sleep(pause).await;
-            pause = (pause * 3 / 2).min(Duration::from_secs(5));
+            let left = job
+                .time_left_seconds
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .map(Duration::from_secs_f64);
+            tokio::time::sleep(left.unwrap_or(pause).clamp(MIN_POLL, MAX_POLL)).await;
+            pause = (pause * 3 / 2).min(MAX_POLL);
         }
     }
 
     /// Downloads and writes the export, skipping its first `skip` lines. Returns the number of
-    /// lines read in total, or that number so far with the error.
+    /// lines read in total; on an error, the number of lines read and written up to a point
+    /// where every earlier line is written too (where a resumed download starts), with the error.
     async fn stream_export(
         &self,
         run_id: i64,
@@ -167,8 +179,7 @@ impl Syncer {
             .download(location)
             .await
             .map_err(|e| (skip, e.into()))?;
-        let (chunk_tx, chunk_rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(16);
-        let (batch_tx, mut batch_rx) = tokio::sync::mpsc::channel::<Batch>(2);
+        let (chunk_tx, chunk_rx) = mpsc::channel::<io::Result<Bytes>>(16);
         let pump = AbortOnDrop(tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
             while let Some(chunk) = stream.next().await {
@@ -179,6 +190,9 @@ impl Syncer {
                 }
             }
         }));
+        let writers = self.options.writers.max(1);
+        // One batch waiting for each writer: enough to keep them busy, little to hold.
+        let (batch_tx, batch_rx) = mpsc::channel::<Batch>(writers);
         let batch_size = self.options.batch_size;
         let decoder = tokio::task::spawn_blocking(move || {
             decode_export(
@@ -191,27 +205,149 @@ impl Syncer {
                 &batch_tx,
             )
         });
-        let mut lines = skip;
-        while let Some(batch) = batch_rx.recv().await {
-            lines = batch.lines_read;
-            let users = batch.users.len();
-            if let Err(err) = self
-                .write(run_id, &batch.users, batch.unusable, progress)
-                .await
-            {
-                return Err((lines - batch.lines_in_batch, err));
-            }
+        let (done_tx, mut done_rx) = mpsc::channel(writers);
+        let mut tasks = JoinSet::new();
+        let batches = Arc::new(Mutex::new(batch_rx));
+        for _ in 0..writers {
+            tasks.spawn(write_batches(
+                self.db.clone(),
+                batches.clone(),
+                done_tx.clone(),
+            ));
+        }
+        drop((batches, done_tx));
+
+        let mut written = WrittenLines::after(skip);
+        let mut recorded = Instant::now();
+        // Ends when every writer has ended: the decoder is done, or a writer failed.
+        while let Some(done) = done_rx.recv().await {
+            let (batch, outcome) = match done {
+                Ok(done) => done,
+                // Dropping the writers rolls back what they have under way.
+                Err(err) => return Err((written.lines, err)),
+            };
+            self.account(run_id, outcome, progress);
             progress.pages += 1;
-            tracing::debug!(run = run_id, lines, users, "export batch written");
-            if let Err(err) = self.record(run_id, progress).await {
-                return Err((lines, err));
+            written.add(batch.seq, batch.lines_read);
+            tracing::debug!(
+                run = run_id,
+                lines = batch.lines_read,
+                "export batch written"
+            );
+            if recorded.elapsed() >= RECORD_EVERY {
+                recorded = Instant::now();
+                if let Err(err) = self.record(run_id, progress).await {
+                    return Err((written.lines, err));
+                }
             }
         }
         drop(pump);
+        if let Err(err) = self.record(run_id, progress).await {
+            return Err((written.lines, err));
+        }
         match decoder.await {
             Ok(Ok(total)) => Ok(total),
-            Ok(Err(err)) => Err((lines, SyncError::Download(err.to_string()))),
-            Err(join) => Err((lines, SyncError::Download(join.to_string()))),
+            Ok(Err(err)) => Err((written.lines, SyncError::Download(err.to_string()))),
+            Err(join) => Err((written.lines, SyncError::Download(join.to_string()))),
         }
+    }
+}
+
+/// What a writer hands back for each batch: where the batch ends in the file, and what writing
+/// it did.
+type Done = Result<(BatchEnd, Written), SyncError>;
+
+/// Where a batch ends in the file.
+struct BatchEnd {
+    seq: u64,
+    lines_read: u64,
+}
+
+/// One writer: takes batches until there are no more (or one fails) and writes each through
+/// its own staging table.
+async fn write_batches(
+    db: sqlx::PgPool,
+    batches: Arc<Mutex<mpsc::Receiver<Batch>>>,
+    done: mpsc::Sender<Done>,
+) {
+    let mut staging = match StagingTable::open(&db).await {
+        Ok(staging) => staging,
+        Err(err) => {
+            let _ = done.send(Err(err.into())).await;
+            return;
+        }
+    };
+    loop {
+        let next = batches.lock().await.recv().await;
+        let Some(batch) = next else {
+            return;
+        };
+        let end = BatchEnd {
+            seq: batch.seq,
+            lines_read: batch.lines_read,
+        };
+        let result = write_to(
+            &mut Destination::Staging(&mut staging),
+            &batch.users,
+            batch.unusable,
+        )
+        .await;
+        let failed = result.is_err();
+        if done
+            .send(
+                result
+                    .map(|outcome| (end, outcome))
+                    .map_err(SyncError::from),
+            )
+            .await
+            .is_err()
+            || failed
+        {
+            return;
+        }
+    }
+}
+
+/// The lines of the file known written: batches finish out of order when several writers run,
+/// so this is the end of the last batch before which every batch is written.
+struct WrittenLines {
+    lines: u64,
+    next: u64,
+    finished: BTreeMap<u64, u64>,
+}
+
+impl WrittenLines {
+    fn after(skip: u64) -> Self {
+        Self {
+            lines: skip,
+            next: 0,
+            finished: BTreeMap::new(),
+        }
+    }
+
+    fn add(&mut self, seq: u64, lines_read: u64) {
+        self.finished.insert(seq, lines_read);
+        while let Some(lines) = self.finished.remove(&self.next) {
+            self.lines = lines;
+            self.next += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WrittenLines;
+
+    #[test]
+    fn written_lines_stop_at_the_first_gap() {
+        let mut written = WrittenLines::after(10);
+        written.add(1, 30);
+        assert_eq!(written.lines, 10, "batch 0 is still being written");
+        written.add(0, 20);
+        assert_eq!(written.lines, 30);
+        written.add(3, 50);
+        assert_eq!(written.lines, 30);
+        written.add(2, 40);
+        assert_eq!(written.lines, 50);
     }
 }

@@ -32,7 +32,7 @@ use crate::observability::{self, names};
 use super::{
     auth0_api::{ApiError, ManagementApi},
     auth0_user::{Auth0User, Unusable},
-    store,
+    store::{self, Destination},
     sync_runs::{self, Progress, SyncMode, SyncRun},
 };
 
@@ -44,8 +44,10 @@ pub struct SyncOptions {
     pub per_page: u32,
     /// Users a paged listing or search can reach (Auth0: 1000).
     pub paging_limit: u64,
-    /// Profiles written per statement on the export path.
+    /// Lines of an export written per batch (one `COPY` and one merge).
     pub batch_size: usize,
+    /// Batches of an export written at once, each on a connection of its own.
+    pub writers: usize,
     /// The incremental search starts this far before the watermark (search is eventually consistent).
     pub search_overlap: Duration,
     /// Unseen users confirmed one by one with `GET /api/v2/users/{id}` after a paged full sync
@@ -60,7 +62,8 @@ impl Default for SyncOptions {
         Self {
             per_page: 100,
             paging_limit: 1000,
-            batch_size: 1000,
+            batch_size: 5000,
+            writers: 2,
             search_overlap: Duration::from_secs(60),
             confirm_deletions_up_to: 100,
             export_poll_max: Duration::from_secs(30 * 60),
@@ -233,9 +236,7 @@ impl Syncer {
         Ok(finished)
     }
 
-    /// Writes what a page, a batch of export lines or a single read brought: the profiles in as
-    /// few statements as Postgres allows, and the ones that cannot be stored counted as skipped,
-    /// logged with their `user_id` and marked as seen. A skipped profile never fails the run.
+    /// Writes what a page or a single read brought, and counts it in `progress`.
     async fn write(
         &self,
         run_id: i64,
@@ -243,25 +244,20 @@ impl Syncer {
         unusable: Vec<Unusable>,
         progress: &mut Progress,
     ) -> Result<(), SyncError> {
-        progress.fetched += (users.len() + unusable.len()) as u64;
-        let mut skipped: Vec<(Option<String>, String)> = unusable
-            .into_iter()
-            .map(|u| (u.user_id, u.reason))
-            .collect();
-        let identified: Vec<String> = skipped.iter().filter_map(|(id, _)| id.clone()).collect();
-        if !identified.is_empty() {
-            store::mark_seen(&self.db, &identified).await?;
-            self.count_sql(1);
-        }
-        if !users.is_empty() {
-            let outcome = store::write_profiles(&self.db, users).await?;
-            self.count_sql(1);
-            progress.upserted += outcome.written.upserted;
-            // Counted as batches land, so a long export shows progress and a failed run its work.
-            metrics::counter!(names::USERS_SYNCED_TOTAL).increment(outcome.written.upserted);
-            skipped.extend(outcome.skipped.into_iter().map(|(id, why)| (Some(id), why)));
-        }
-        for (user_id, reason) in &skipped {
+        let written = write_to(&mut Destination::Statement(&self.db), users, unusable).await?;
+        self.account(run_id, written, progress);
+        Ok(())
+    }
+
+    /// Counts what a write did in `progress` and the metrics, and logs every profile skipped
+    /// with its `user_id`.
+    fn account(&self, run_id: i64, written: Written, progress: &mut Progress) {
+        self.count_sql(written.statements);
+        progress.fetched += written.fetched;
+        progress.upserted += written.upserted;
+        // Counted as batches land, so a long export shows progress and a failed run its work.
+        metrics::counter!(names::USERS_SYNCED_TOTAL).increment(written.upserted);
+        for (user_id, reason) in &written.skipped {
             tracing::warn!(
                 run = run_id,
                 // Debug: quoted and escaped, since an id may hold what a log line should not.
@@ -270,8 +266,7 @@ impl Syncer {
                 "user profile skipped: it cannot be stored"
             );
         }
-        progress.skipped += skipped.len() as u64;
-        Ok(())
+        progress.skipped += written.skipped.len() as u64;
     }
 
     async fn record(&self, run_id: i64, progress: &Progress) -> Result<(), SyncError> {
@@ -313,6 +308,53 @@ impl Syncer {
         .await?;
         Ok(())
     }
+}
+
+/// What writing a page, a batch of export lines or a single read did.
+pub(super) struct Written {
+    /// Profiles received, stored or not.
+    fetched: u64,
+    upserted: u64,
+    /// Profiles not stored: the `user_id` when known, and why.
+    skipped: Vec<(Option<String>, String)>,
+    statements: u64,
+}
+
+/// Writes `users` to `destination` in as few statements as Postgres allows; the profiles in
+/// `unusable`, and those Postgres refuses, are skipped, and their users (when known) marked as
+/// seen. A skipped profile never fails the write.
+pub(super) async fn write_to(
+    destination: &mut Destination<'_>,
+    users: &[Auth0User],
+    unusable: Vec<Unusable>,
+) -> Result<Written, sqlx::Error> {
+    let mut written = Written {
+        fetched: (users.len() + unusable.len()) as u64,
+        upserted: 0,
+        skipped: unusable
+            .into_iter()
+            .map(|u| (u.user_id, u.reason))
+            .collect(),
+        statements: 0,
+    };
+    let identified: Vec<String> = written
+        .skipped
+        .iter()
+        .filter_map(|(id, _)| id.clone())
+        .collect();
+    if !identified.is_empty() {
+        destination.mark_seen(&identified).await?;
+        written.statements += 1;
+    }
+    if !users.is_empty() {
+        let outcome = store::write_isolating(destination, users).await?;
+        written.upserted = outcome.written.upserted;
+        written.statements += outcome.statements;
+        written
+            .skipped
+            .extend(outcome.skipped.into_iter().map(|(id, why)| (Some(id), why)));
+    }
+    Ok(written)
 }
 
 async fn release(mut conn: PoolConnection<sqlx::Postgres>) {
