@@ -32,13 +32,18 @@ use super::{
     Shared, form_map,
     management::{ApiError, api_error, injected_fault, json_object},
     random_token,
-    users::{CONNECTION, CONNECTION_ID, User, UserStore, timestamp},
+    users::{
+        CONNECTION, CONNECTION_ID, User, UserRef, UserStore, identity_id, initials_avatar,
+        timestamp,
+    },
 };
 
 const CHUNK: usize = 1000;
 const LOCATION_TTL_SECS: i64 = 60;
-/// Finished files are kept in memory; older jobs are forgotten beyond this many.
+/// Finished files are kept in memory; older jobs are forgotten beyond this many, or once the
+/// files kept pass `KEEP_BYTES` (a million users make some 85 MB).
 const KEEP_JOBS: usize = 20;
+const KEEP_BYTES: usize = 256 * 1024 * 1024;
 /// Auth0 limits CSV exports to 30 fields.
 const MAX_CSV_FIELDS: usize = 30;
 
@@ -221,12 +226,19 @@ pub async fn create_job(shared: Data<&Arc<Shared>>, body: Body) -> Response {
     };
     {
         let mut jobs = shared.exports.jobs();
-        if jobs.len() >= KEEP_JOBS
-            && let Some(oldest) = jobs
+        let kept_bytes = |jobs: &HashMap<String, Arc<Job>>| -> usize {
+            jobs.values()
+                .filter_map(|j| j.file.get()?.as_ref().ok().map(Bytes::len))
+                .sum()
+        };
+        while jobs.len() >= KEEP_JOBS || (!jobs.is_empty() && kept_bytes(&jobs) > KEEP_BYTES) {
+            let Some(oldest) = jobs
                 .values()
                 .min_by_key(|j| j.created_at)
                 .map(|j| j.id.clone())
-        {
+            else {
+                break;
+            };
             jobs.remove(&oldest);
         }
         jobs.insert(job.id.clone(), job.clone());
@@ -396,8 +408,8 @@ fn export_json(user: &User, fields: &[Field]) -> Value {
 }
 
 fn build_file(job: &Job, users: &UserStore) -> std::io::Result<Bytes> {
-    let mut ids = users.snapshot_ids();
-    ids.truncate(job.limit);
+    let mut slots = users.snapshot();
+    slots.truncate(job.limit);
     let mut out = GzEncoder::new(Vec::new(), Compression::fast());
     if job.format == Format::Csv {
         let header: Vec<String> = job
@@ -407,37 +419,163 @@ fn build_file(job: &Job, users: &UserStore) -> std::io::Result<Bytes> {
             .collect();
         writeln!(out, "{}", header.join(","))?;
     }
-    for chunk in ids.chunks(CHUNK) {
-        for user in users.get_many(chunk) {
-            let stored = user;
-            let user = export_json(&stored, &job.fields);
-            match job.format {
-                Format::Json => {
-                    let mut line = Map::new();
-                    for field in &job.fields {
-                        if let Some(value) = lookup(&user, &field.name) {
-                            line.insert(field.column().to_owned(), value.clone());
-                        }
-                    }
-                    let line = stored.to_json_text(Value::Object(line), |key| {
-                        job.fields.iter().any(|f| f.name == key)
-                    });
-                    out.write_all(line.get().as_bytes())?;
-                    out.write_all(b"\n")?;
-                }
-                Format::Csv => {
-                    let row: Vec<String> = job
-                        .fields
-                        .iter()
-                        .map(|f| csv_cell(lookup(&user, &f.name)))
-                        .collect();
-                    writeln!(out, "{}", row.join(","))?;
-                }
+    let mut text = Vec::new();
+    for chunk in slots.chunks(CHUNK) {
+        // Lines are made under the store's read lock, and compressed after it is released.
+        text.clear();
+        users.read_slots(chunk, |user| {
+            if job.format == Format::Json && json_line(&mut text, user, &job.fields) {
+                return;
             }
-        }
+            line(&mut text, &user.to_user(), job);
+        });
+        out.write_all(&text)?;
         job.written.fetch_add(chunk.len(), Ordering::Relaxed);
     }
     Ok(Bytes::from(out.finish()?))
+}
+
+/// Appends the user's line built from a full [`User`]: any field, dotted paths included.
+fn line(out: &mut Vec<u8>, stored: &User, job: &Job) {
+    let user = export_json(stored, &job.fields);
+    match job.format {
+        Format::Json => {
+            let mut line = Map::new();
+            for field in &job.fields {
+                if let Some(value) = lookup(&user, &field.name) {
+                    line.insert(field.column().to_owned(), value.clone());
+                }
+            }
+            let line = stored.to_json_text(Value::Object(line), |key| {
+                job.fields.iter().any(|f| f.name == key)
+            });
+            out.extend_from_slice(line.get().as_bytes());
+        }
+        Format::Csv => {
+            let row: Vec<String> = job
+                .fields
+                .iter()
+                .map(|f| csv_cell(lookup(&user, &f.name)))
+                .collect();
+            out.extend_from_slice(row.join(",").as_bytes());
+        }
+    }
+    out.push(b'\n');
+}
+
+/// Appends the user's NDJSON line written straight from the stored user, as [`line`] would
+/// write it, when every field is one a seeded or API-made user has (no metadata or fields as a
+/// users file gave them); returns `false`, having written nothing, otherwise. A tenant of a
+/// million users is exported in seconds this way.
+fn json_line(out: &mut Vec<u8>, user: &UserRef<'_>, fields: &[Field]) -> bool {
+    if user.has_extra() {
+        return false;
+    }
+    let start = out.len();
+    out.push(b'{');
+    let mut first = true;
+    for field in fields {
+        let mut key = |out: &mut Vec<u8>| {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            json_string(out, field.column());
+            out.push(b':');
+        };
+        match field.name.as_str() {
+            "user_id" => {
+                key(out);
+                json_string(out, user.user_id());
+            }
+            "email" => {
+                key(out);
+                json_string(out, user.email());
+            }
+            "email_verified" => {
+                key(out);
+                out.extend_from_slice(if user.email_verified() {
+                    b"true"
+                } else {
+                    b"false"
+                });
+            }
+            "name" => {
+                key(out);
+                json_string(out, user.name());
+            }
+            "nickname" => {
+                key(out);
+                json_string(out, user.nickname());
+            }
+            "picture" => {
+                key(out);
+                json_string(out, &initials_avatar(user.name()));
+            }
+            "created_at" => {
+                key(out);
+                json_string(out, &timestamp(user.created_at()));
+            }
+            "updated_at" => {
+                key(out);
+                json_string(out, &timestamp(user.updated_at()));
+            }
+            "last_login" => {
+                if let Some(at) = user.last_login() {
+                    key(out);
+                    json_string(out, &timestamp(at));
+                }
+            }
+            "logins_count" => {
+                if user.logins_count() > 0 {
+                    key(out);
+                    out.extend_from_slice(user.logins_count().to_string().as_bytes());
+                }
+            }
+            "blocked" => {
+                if user.blocked() {
+                    key(out);
+                    out.extend_from_slice(b"true");
+                }
+            }
+            "identities" => {
+                key(out);
+                out.extend_from_slice(b"[{\"connection\":");
+                json_string(out, CONNECTION);
+                out.extend_from_slice(b",\"user_id\":");
+                json_string(out, identity_id(user.user_id()));
+                out.extend_from_slice(b",\"provider\":\"auth0\",\"isSocial\":false}]");
+            }
+            "app_metadata" => {
+                let mut roles = user.roles().peekable();
+                if roles.peek().is_some() {
+                    key(out);
+                    out.extend_from_slice(b"{\"roles\":[");
+                    for (i, role) in roles.enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        json_string(out, role);
+                    }
+                    out.extend_from_slice(b"]}");
+                }
+            }
+            // Attributes such a user does not have: absent from its profile, as at Auth0.
+            "user_metadata" | "given_name" | "family_name" | "username" | "phone_number"
+            | "phone_verified" | "last_ip" => {}
+            _ => {
+                out.truncate(start);
+                return false;
+            }
+        }
+    }
+    out.extend_from_slice(b"}\n");
+    true
+}
+
+fn json_string(out: &mut Vec<u8>, text: &str) {
+    // Writing to a Vec cannot fail, and a str always serialises.
+    let _ = serde_json::to_writer(&mut *out, text);
 }
 
 /// `GET /api/v2/jobs/{id}`: each poll moves the job on (pending → processing → completed once
@@ -516,5 +654,54 @@ pub async fn download(
             .status(StatusCode::NOT_FOUND)
             .content_type("text/plain")
             .body("No such export file."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::emulator::users::NewUser;
+
+    #[test]
+    fn lines_written_straight_from_the_store_match_the_full_path() {
+        let store = UserStore::new();
+        store.seed(60);
+        store
+            .create(NewUser {
+                name: Some("Zoë \"Z\" \\ O'Neil".into()),
+                email_verified: true,
+                blocked: true,
+                logins_count: 3,
+                last_login: Some(Utc::now()),
+                roles: vec!["admin".into(), "a\"b".into()],
+                ..NewUser::with_email("zoe@example.com")
+            })
+            .unwrap();
+        let mut fields: Vec<Value> = crate::users::fields::EXPORT_FIELDS
+            .iter()
+            .map(|name| json!({ "name": name }))
+            .collect();
+        fields.push(json!({"name": "updated_at", "export_as": "changed"}));
+        let object = json!({"format": "json", "fields": fields});
+        let job = parse_job(object.as_object().unwrap(), &store).unwrap();
+        let mut compared = 0;
+        store.read_slots(&store.snapshot(), |user| {
+            let (mut fast, mut full) = (Vec::new(), Vec::new());
+            assert!(json_line(&mut fast, user, &job.fields));
+            line(&mut full, &user.to_user(), &job);
+            let parse = |text: &[u8]| serde_json::from_slice::<Value>(text).unwrap();
+            assert_eq!(parse(&fast), parse(&full), "{}", user.user_id());
+            compared += 1;
+        });
+        assert_eq!(compared, 61);
+
+        // A field it does not know, or a user with more than it reads, takes the full path.
+        let dotted = json!({"format": "json", "fields": [{"name": "app_metadata.roles"}]});
+        let dotted = parse_job(dotted.as_object().unwrap(), &store).unwrap();
+        store.read_slots(&store.snapshot()[..1], |user| {
+            let mut out = b"kept".to_vec();
+            assert!(!json_line(&mut out, user, &dotted.fields));
+            assert_eq!(out, b"kept");
+        });
     }
 }

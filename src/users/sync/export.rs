@@ -108,8 +108,18 @@ impl Syncer {
                 expected,
             });
         }
-        progress.deleted += store::mark_unseen_deleted(&self.db, started_at).await?;
+        // An anti-join against what this run saw: every row the file held was stamped
+        // `synced_at` by its merge, so the unseen are the rows older than the run and unstamped.
+        let clock = Instant::now();
+        let deleted = store::mark_unseen_deleted(&self.db, started_at).await?;
         self.count_sql(1);
+        progress.deleted += deleted;
+        tracing::info!(
+            run = run_id,
+            deleted,
+            elapsed_ms = clock.elapsed().as_millis() as u64,
+            "users the export did not hold marked deleted"
+        );
         self.after_full(started_at).await
     }
 
