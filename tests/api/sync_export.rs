@@ -375,3 +375,44 @@ async fn a_writer_whose_connection_dies_midway_costs_no_user() {
     assert_eq!(run.deleted, 0);
     f.assert_mirrors_tenant().await;
 }
+
+#[tokio::test]
+async fn an_export_completes_through_a_pool_of_two_or_three_connections() {
+    // The run's lock holds one connection and its progress needs another: a small pool gets
+    // fewer writers (or none of their own), never a run stuck waiting for a connection.
+    let f = fixture_with(8000, fast_api_options(), many_writers()).await;
+    for size in [2, 3] {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(size)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect_with((*f.db.connect_options()).clone())
+            .await
+            .unwrap();
+        let syncer = quotebook::users::sync::Syncer::new(
+            pool.clone(),
+            f.syncer.api().clone(),
+            many_writers(),
+        );
+        let downloads = f.emulator.faults().export_downloads();
+        let run = quotebook::users::foreground::sync_in_foreground(&syncer, SyncMode::Full, false)
+            .await
+            .unwrap();
+        assert_eq!(
+            run.status,
+            quotebook::users::sync_runs::RunStatus::Succeeded,
+            "a pool of {size}: {:?}",
+            run.error
+        );
+        assert_eq!(
+            (
+                run.attempts,
+                f.emulator.faults().export_downloads() - downloads
+            ),
+            (1, 1),
+            "a pool of {size}: one attempt, one download, nothing timed out"
+        );
+        assert_eq!(run.upserted, 8000, "a pool of {size}");
+        pool.close().await;
+    }
+    f.assert_mirrors_tenant().await;
+}

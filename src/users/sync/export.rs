@@ -200,9 +200,17 @@ impl Syncer {
                 }
             }
         }));
-        let writers = self.options.writers.max(1);
-        // One batch waiting for each writer: enough to keep them busy, little to hold.
-        let (batch_tx, batch_rx) = mpsc::channel::<Batch>(writers);
+        // Each writer holds a connection while the file streams in; the run's lock holds
+        // another, and one stays free for its progress. A pool too small to spare one for a
+        // writer gets a single writer that takes a connection per statement.
+        let spare = usize::try_from(self.db.options().get_max_connections())
+            .unwrap_or(usize::MAX)
+            .saturating_sub(2);
+        let staged = spare > 0;
+        let writers = self.options.writers.clamp(1, spare.max(1));
+        // The decoder is several times faster than the writers: one batch ready is enough to
+        // keep them busy, and memory holds little more than the batches being written.
+        let (batch_tx, batch_rx) = mpsc::channel::<Batch>(1);
         let batch_size = self.options.batch_size;
         let decoder = tokio::task::spawn_blocking(move || {
             decode_export(
@@ -221,6 +229,7 @@ impl Syncer {
         for _ in 0..writers {
             tasks.spawn(write_batches(
                 self.db.clone(),
+                staged,
                 batches.clone(),
                 done_tx.clone(),
             ));
@@ -274,19 +283,23 @@ struct BatchEnd {
 }
 
 /// One writer: takes batches until there are no more (or one fails) and writes each through
-/// its own staging table.
+/// its own staging table (`staged`), else one statement at a time on the pool.
 async fn write_batches(
     db: sqlx::PgPool,
+    staged: bool,
     batches: Arc<Mutex<mpsc::Receiver<Batch>>>,
     done: mpsc::Sender<Done>,
 ) {
-    let mut staging = match StagingTable::open(&db).await {
-        Ok(staging) => staging,
-        Err(err) => {
-            let _ = done.send(Err(err.into())).await;
-            return;
+    let mut staging = None;
+    if staged {
+        match StagingTable::open(&db).await {
+            Ok(table) => staging = Some(table),
+            Err(err) => {
+                let _ = done.send(Err(err.into())).await;
+                return;
+            }
         }
-    };
+    }
     loop {
         let next = batches.lock().await.recv().await;
         let Some(batch) = next else {
@@ -296,12 +309,11 @@ async fn write_batches(
             seq: batch.seq,
             lines_read: batch.lines_read,
         };
-        let result = write_to(
-            &mut Destination::Staging(&mut staging),
-            &batch.users,
-            batch.unusable,
-        )
-        .await;
+        let mut destination = match staging.as_mut() {
+            Some(table) => Destination::Staging(table),
+            None => Destination::Statement(&db),
+        };
+        let result = write_to(&mut destination, &batch.users, batch.unusable).await;
         let failed = result.is_err();
         if done
             .send(

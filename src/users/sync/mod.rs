@@ -46,7 +46,8 @@ pub struct SyncOptions {
     pub paging_limit: u64,
     /// Lines of an export written per batch (one `COPY` and one merge).
     pub batch_size: usize,
-    /// Batches of an export written at once, each on a connection of its own.
+    /// Batches of an export written at once, each on a connection of its own (at most the
+    /// pool's size less two: the run's lock and its progress need one each).
     pub writers: usize,
     /// The incremental search starts this far before the watermark (search is eventually consistent).
     pub search_overlap: Duration,
