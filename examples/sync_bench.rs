@@ -107,11 +107,6 @@ async fn bench(
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
         .execute(&mut admin)
         .await?;
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect_with(server.clone().database(&name))
-        .await?;
-    db::migrate(&pool).await?;
 
     let api = ManagementApi::new(
         issuer.parse()?,
@@ -126,6 +121,12 @@ async fn bench(
     if let Some(writers) = flag(args, "--writers") {
         options.writers = writers.parse().context("--writers takes a number")?;
     }
+    // Room for every writer, the run's lock and its progress.
+    let pool = PgPoolOptions::new()
+        .max_connections(u32::try_from(options.writers + 2).unwrap_or(u32::MAX).max(4))
+        .connect_with(server.clone().database(&name))
+        .await?;
+    db::migrate(&pool).await?;
     let syncer = Syncer::new(pool.clone(), api, options);
     let postgres = PostgresCpu::find(&pool).await;
 
