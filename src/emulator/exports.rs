@@ -473,104 +473,67 @@ fn json_line(out: &mut Vec<u8>, user: &UserRef<'_>, fields: &[Field]) -> bool {
     }
     let start = out.len();
     out.push(b'{');
-    let mut first = true;
     for field in fields {
-        let mut key = |out: &mut Vec<u8>| {
-            if !first {
-                out.push(b',');
-            }
-            first = false;
-            json_string(out, field.column());
-            out.push(b':');
-        };
-        match field.name.as_str() {
-            "user_id" => {
-                key(out);
-                json_string(out, user.user_id());
-            }
-            "email" => {
-                key(out);
-                json_string(out, user.email());
-            }
-            "email_verified" => {
-                key(out);
-                out.extend_from_slice(if user.email_verified() {
-                    b"true"
-                } else {
-                    b"false"
-                });
-            }
-            "name" => {
-                key(out);
-                json_string(out, user.name());
-            }
-            "nickname" => {
-                key(out);
-                json_string(out, user.nickname());
-            }
-            "picture" => {
-                key(out);
-                json_string(out, &initials_avatar(user.name()));
-            }
-            "created_at" => {
-                key(out);
-                json_string(out, &timestamp(user.created_at()));
-            }
-            "updated_at" => {
-                key(out);
-                json_string(out, &timestamp(user.updated_at()));
-            }
-            "last_login" => {
-                if let Some(at) = user.last_login() {
-                    key(out);
-                    json_string(out, &timestamp(at));
-                }
-            }
-            "logins_count" => {
-                if user.logins_count() > 0 {
-                    key(out);
-                    out.extend_from_slice(user.logins_count().to_string().as_bytes());
-                }
-            }
-            "blocked" => {
-                if user.blocked() {
-                    key(out);
-                    out.extend_from_slice(b"true");
-                }
-            }
-            "identities" => {
-                key(out);
-                out.extend_from_slice(b"[{\"connection\":");
-                json_string(out, CONNECTION);
-                out.extend_from_slice(b",\"user_id\":");
-                json_string(out, identity_id(user.user_id()));
-                out.extend_from_slice(b",\"provider\":\"auth0\",\"isSocial\":false}]");
-            }
+        let value = match field.name.as_str() {
+            "user_id" => Json::Text(user.user_id().into()),
+            "email" => Json::Text(user.email().into()),
+            "email_verified" => Json::Raw(user.email_verified().to_string()),
+            "name" => Json::Text(user.name().into()),
+            "nickname" => Json::Text(user.nickname().into()),
+            "picture" => Json::Text(initials_avatar(user.name()).into()),
+            "created_at" => Json::Text(timestamp(user.created_at()).into()),
+            "updated_at" => Json::Text(timestamp(user.updated_at()).into()),
+            "last_login" => user
+                .last_login()
+                .map_or(Json::Absent, |at| Json::Text(timestamp(at).into())),
+            "logins_count" if user.logins_count() > 0 => Json::Raw(user.logins_count().to_string()),
+            "blocked" if user.blocked() => Json::Raw("true".into()),
+            "identities" => Json::Raw(
+                json!([{
+                    "connection": CONNECTION,
+                    "user_id": identity_id(user.user_id()),
+                    "provider": "auth0",
+                    "isSocial": false,
+                }])
+                .to_string(),
+            ),
             "app_metadata" => {
-                let mut roles = user.roles().peekable();
-                if roles.peek().is_some() {
-                    key(out);
-                    out.extend_from_slice(b"{\"roles\":[");
-                    for (i, role) in roles.enumerate() {
-                        if i > 0 {
-                            out.push(b',');
-                        }
-                        json_string(out, role);
-                    }
-                    out.extend_from_slice(b"]}");
+                let roles: Vec<&str> = user.roles().collect();
+                if roles.is_empty() {
+                    Json::Absent
+                } else {
+                    Json::Raw(json!({ "roles": roles }).to_string())
                 }
             }
             // Attributes such a user does not have: absent from its profile, as at Auth0.
-            "user_metadata" | "given_name" | "family_name" | "username" | "phone_number"
-            | "phone_verified" | "last_ip" => {}
+            "logins_count" | "blocked" | "user_metadata" | "given_name" | "family_name"
+            | "username" | "phone_number" | "phone_verified" | "last_ip" => Json::Absent,
             _ => {
                 out.truncate(start);
                 return false;
             }
+        };
+        let value = match value {
+            Json::Absent => continue,
+            Json::Text(text) => serde_json::to_string(&*text).unwrap_or_default(),
+            Json::Raw(json) => json,
+        };
+        if out.len() > start + 1 {
+            out.push(b',');
         }
+        json_string(out, field.column());
+        out.push(b':');
+        out.extend_from_slice(value.as_bytes());
     }
     out.extend_from_slice(b"}\n");
     true
+}
+
+/// One value of an export line: a string to quote, JSON as it is, or nothing.
+enum Json<'a> {
+    Text(std::borrow::Cow<'a, str>),
+    Raw(String),
+    Absent,
 }
 
 fn json_string(out: &mut Vec<u8>, text: &str) {

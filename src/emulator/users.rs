@@ -402,19 +402,99 @@ impl Stored {
 /// The users, and indexes into them by slot number. A slot keeps its user for the user's
 /// lifetime (changes are made in place) and is never reused, so a list of slots taken for an
 /// export still names the same users later.
-#[derive(Default)]
 struct Inner {
     slots: Vec<Option<Stored>>,
     count: usize,
-    hasher: std::collections::hash_map::RandomState,
-    by_id: HashTable<u32>,
+    by_id: TextIndex,
     /// Emails are kept lower-cased (Auth0 does so for database users).
-    by_email: HashTable<u32>,
+    by_email: TextIndex,
     /// `(updated_at millis, slot)`: listing by `updated_at` and range searches walk this.
     by_updated: BTreeSet<IndexKey>,
     /// The last `updated_at` handed out, so every change gets a later stamp than the one before
     /// (an incremental sync reading `updated_at:{watermark TO *]` never misses a change).
     last_stamp: Option<DateTime<Utc>>,
+}
+
+/// Slots by one text of their user (its id, its email), which is read from the slot rather
+/// than kept twice.
+struct TextIndex {
+    text: fn(&Stored) -> &str,
+    hasher: std::collections::hash_map::RandomState,
+    table: HashTable<u32>,
+}
+
+impl TextIndex {
+    fn new(text: fn(&Stored) -> &str) -> Self {
+        Self {
+            text,
+            hasher: Default::default(),
+            table: HashTable::new(),
+        }
+    }
+
+    fn find(&self, slots: &[Option<Stored>], key: &str) -> Option<u32> {
+        let text = self.text;
+        let holds = |&slot: &u32| {
+            slots[slot as usize]
+                .as_ref()
+                .is_some_and(|u| text(u) == key)
+        };
+        self.table.find(self.hasher.hash_one(key), holds).copied()
+    }
+
+    fn reserve(&mut self, slots: &[Option<Stored>], more: usize) {
+        let Self {
+            text,
+            hasher,
+            table,
+        } = self;
+        table.reserve(more, rehash(*text, hasher, slots));
+    }
+
+    fn insert(&mut self, slots: &[Option<Stored>], slot: u32) {
+        let Some(user) = slots[slot as usize].as_ref() else {
+            return;
+        };
+        let Self {
+            text,
+            hasher,
+            table,
+        } = self;
+        let hash = hasher.hash_one(text(user));
+        table.insert_unique(hash, slot, rehash(*text, hasher, slots));
+    }
+
+    fn remove(&mut self, slots: &[Option<Stored>], slot: u32) {
+        let Some(user) = slots[slot as usize].as_ref() else {
+            return;
+        };
+        let hash = self.hasher.hash_one((self.text)(user));
+        if let Ok(entry) = self.table.find_entry(hash, |&s| s == slot) {
+            entry.remove();
+        }
+    }
+}
+
+/// The hash of the `text` of the user in a slot, for a table growing its buckets.
+fn rehash<'a>(
+    text: fn(&Stored) -> &str,
+    hasher: &'a std::collections::hash_map::RandomState,
+    slots: &'a [Option<Stored>],
+) -> impl Fn(&u32) -> u64 + 'a {
+    move |&slot| hasher.hash_one(slots[slot as usize].as_ref().map_or("", text))
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Self {
+            slots: Vec::new(),
+            count: 0,
+            by_id: TextIndex::new(Stored::user_id),
+            by_email: TextIndex::new(Stored::email),
+            by_updated: BTreeSet::new(),
+            last_stamp: None,
+        }
+    }
 }
 
 impl Inner {
@@ -433,27 +513,11 @@ impl Inner {
     }
 
     fn slot_of(&self, user_id: &str) -> Option<u32> {
-        let hash = self.hasher.hash_one(user_id);
-        let slots = &self.slots;
-        self.by_id
-            .find(hash, |&slot| {
-                slots[slot as usize]
-                    .as_ref()
-                    .is_some_and(|u| u.user_id() == user_id)
-            })
-            .copied()
+        self.by_id.find(&self.slots, user_id)
     }
 
     fn slot_of_email(&self, email: &str) -> Option<u32> {
-        let hash = self.hasher.hash_one(email);
-        let slots = &self.slots;
-        self.by_email
-            .find(hash, |&slot| {
-                slots[slot as usize]
-                    .as_ref()
-                    .is_some_and(|u| u.email() == email)
-            })
-            .copied()
+        self.by_email.find(&self.slots, email)
     }
 
     fn contains_email(&self, email: &str) -> bool {
@@ -462,46 +526,22 @@ impl Inner {
 
     /// Indexes the user in `slot` (which holds it already).
     fn index(&mut self, slot: u32) {
-        let Inner {
-            slots,
-            hasher,
-            by_id,
-            by_email,
-            by_updated,
-            ..
-        } = self;
-        let Some(user) = slots[slot as usize].as_ref() else {
-            return;
-        };
-        let rehash_id =
-            |&s: &u32| hasher.hash_one(slots[s as usize].as_ref().map_or("", |u| u.user_id()));
-        by_id.insert_unique(hasher.hash_one(user.user_id()), slot, rehash_id);
-        let rehash_email =
-            |&s: &u32| hasher.hash_one(slots[s as usize].as_ref().map_or("", |u| u.email()));
-        by_email.insert_unique(hasher.hash_one(user.email()), slot, rehash_email);
-        by_updated.insert((user.updated_at, slot));
+        self.by_id.insert(&self.slots, slot);
+        self.by_email.insert(&self.slots, slot);
+        if let Some(user) = self.stored(slot) {
+            let key = (user.updated_at, slot);
+            self.by_updated.insert(key);
+        }
     }
 
     /// Removes the user in `slot` from the indexes (it stays in its slot).
     fn unindex(&mut self, slot: u32) {
-        let Inner {
-            slots,
-            hasher,
-            by_id,
-            by_email,
-            by_updated,
-            ..
-        } = self;
-        let Some(user) = slots[slot as usize].as_ref() else {
-            return;
-        };
-        if let Ok(entry) = by_id.find_entry(hasher.hash_one(user.user_id()), |&s| s == slot) {
-            entry.remove();
+        self.by_id.remove(&self.slots, slot);
+        self.by_email.remove(&self.slots, slot);
+        if let Some(user) = self.stored(slot) {
+            let key = (user.updated_at, slot);
+            self.by_updated.remove(&key);
         }
-        if let Ok(entry) = by_email.find_entry(hasher.hash_one(user.email()), |&s| s == slot) {
-            entry.remove();
-        }
-        by_updated.remove(&(user.updated_at, slot));
     }
 
     fn insert(&mut self, user: User) {
@@ -696,18 +736,13 @@ impl UserStore {
         let mut inner = self.write();
         let Inner {
             slots,
-            hasher,
             by_id,
             by_email,
             ..
         } = &mut *inner;
         slots.reserve(n);
-        let (slots, hasher) = (&*slots, &*hasher);
-        let rehash = |text: fn(&Stored) -> &str| {
-            move |&slot: &u32| hasher.hash_one(slots[slot as usize].as_ref().map_or("", text))
-        };
-        by_id.reserve(n, rehash(Stored::user_id));
-        by_email.reserve(n, rehash(Stored::email));
+        by_id.reserve(slots, n);
+        by_email.reserve(slots, n);
         for i in 0..n {
             let (name, email, roles) = if i == 0 {
                 (

@@ -845,26 +845,31 @@ async fn dirty_profiles_in_an_export_are_stored_clean_or_skipped() {
     assert_dirty_profiles_stored_clean(&f).await;
 }
 
-#[tokio::test]
-async fn a_profile_postgres_refuses_is_isolated_and_its_batch_still_written() {
-    let f = fixture(0).await;
-    let user = |i: usize| {
-        Auth0User::parse(&format!(r#"{{"user_id":"auth0|{i}","name":"n{i}"}}"#)).unwrap()
-    };
-    let mut batch: Vec<Auth0User> = (0..10).map(user).collect();
-    // Values that reach Postgres unchecked (built by hand, not parsed): a NUL in text (22021)
-    // and an id too large for the primary key's index (54000).
+/// A profile whose user is numbered `i`.
+pub(crate) fn numbered_user(i: usize) -> Auth0User {
+    Auth0User::parse(&format!(r#"{{"user_id":"auth0|{i}","name":"n{i}"}}"#)).unwrap()
+}
+
+/// Ten profiles, two of them holding values that reach Postgres unchecked (built by hand, not
+/// parsed): a NUL in text (22021) and an id too large for the primary key's index (54000). The
+/// first one's user was seen before, so being skipped must not make it look deleted.
+pub(crate) async fn batch_with_refused_values(f: &Fixture) -> Vec<Auth0User> {
+    let mut batch: Vec<Auth0User> = (0..10).map(numbered_user).collect();
     batch[3].name = Some("bad\0name".into());
     let incompressible: String = (0..2000).map(|_| crate::helpers::random_suffix()).collect();
     batch[7].user_id = format!("auth0|{incompressible}");
-    // Seen before, so being skipped must not make it look deleted.
     sqlx::query(
         "INSERT INTO users (user_id, synced_at) VALUES ('auth0|3', now() - interval '1 day')",
     )
     .execute(&f.db)
     .await
     .unwrap();
-    let outcome = store::write_profiles(&f.db, &batch).await.unwrap();
+    batch
+}
+
+/// The two refused profiles of [`batch_with_refused_values`] were skipped, the eight others
+/// written, and the skipped user seen before is marked as seen again.
+pub(crate) async fn assert_refused_values_isolated(f: &Fixture, outcome: &store::WriteOutcome) {
     assert_eq!(outcome.written.upserted, 8);
     let skipped: Vec<&str> = outcome.skipped.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(skipped.len(), 2);
@@ -881,6 +886,14 @@ async fn a_profile_postgres_refuses_is_isolated_and_its_batch_still_written() {
         1,
         "a skipped user is still marked as seen"
     );
+}
+
+#[tokio::test]
+async fn a_profile_postgres_refuses_is_isolated_and_its_batch_still_written() {
+    let f = fixture(0).await;
+    let batch = batch_with_refused_values(&f).await;
+    let outcome = store::write_profiles(&f.db, &batch).await.unwrap();
+    assert_refused_values_isolated(&f, &outcome).await;
 }
 
 #[tokio::test]

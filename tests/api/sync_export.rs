@@ -11,7 +11,10 @@ use quotebook::{
 };
 use serde_json::Value;
 
-use crate::sync::{Fixture, fast_api_options, fixture, fixture_with};
+use crate::sync::{
+    Fixture, assert_refused_values_isolated, batch_with_refused_values, fast_api_options, fixture,
+    fixture_with, numbered_user,
+};
 
 /// The export path for any tenant of more than 100 users, in small batches written by three
 /// writers at once, so batches finish out of order.
@@ -200,42 +203,13 @@ async fn the_staging_merge_writes_the_same_rows_as_the_statement() {
 #[tokio::test]
 async fn a_value_postgres_refuses_is_isolated_in_a_staged_batch() {
     let f = fixture(0).await;
-    let user = |i: usize| {
-        Auth0User::parse(&format!(r#"{{"user_id":"auth0|{i}","name":"n{i}"}}"#)).unwrap()
-    };
-    let mut batch: Vec<Auth0User> = (0..10).map(user).collect();
-    // Built by hand, not parsed, so they reach Postgres: a NUL in text fails the COPY
-    // (22021), an id too large for the primary key's index fails the merge (54000).
-    batch[3].name = Some("bad\0name".into());
-    let incompressible: String = (0..2000).map(|_| crate::helpers::random_suffix()).collect();
-    batch[7].user_id = format!("auth0|{incompressible}");
-    sqlx::query(
-        "INSERT INTO users (user_id, synced_at) VALUES ('auth0|3', now() - interval '1 day')",
-    )
-    .execute(&f.db)
-    .await
-    .unwrap();
-
+    // The NUL fails the COPY, the long id the merge.
+    let batch = batch_with_refused_values(&f).await;
     let mut staging = StagingTable::open(&f.db).await.unwrap();
     let outcome = staging.write(&batch).await.unwrap();
-    assert_eq!(outcome.written.upserted, 8);
-    let skipped: Vec<&str> = outcome.skipped.iter().map(|(id, _)| id.as_str()).collect();
-    assert_eq!(skipped.len(), 2);
-    assert!(skipped.contains(&"auth0|3"), "{skipped:?}");
-    assert!(
-        outcome.skipped.iter().any(|(_, why)| why.contains("0x00")),
-        "{:?}",
-        outcome.skipped
-    );
-    assert_eq!(f.count("SELECT count(*) FROM users").await, 9);
-    assert_eq!(
-        f.count("SELECT count(*) FROM users WHERE user_id = 'auth0|3' AND synced_at > now() - interval '1 minute'")
-            .await,
-        1,
-        "a skipped user is still marked as seen"
-    );
+    assert_refused_values_isolated(&f, &outcome).await;
     // The failed batches left nothing in the staging table: the next one merges alone.
-    let next = staging.write(&[user(20)]).await.unwrap();
+    let next = staging.write(&[numbered_user(20)]).await.unwrap();
     assert_eq!((next.written.upserted, next.written.kept_newer), (1, 0));
 }
 
