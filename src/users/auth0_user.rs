@@ -11,11 +11,8 @@
 //! the speed of the download. Only text that may hold what the storable rule changes (a `\u0000`
 //! or a UTF-16 surrogate escape) takes the slower way through a `serde_json::Value`.
 
-use std::fmt;
-
 use chrono::Utc;
-use serde::de::{self, Deserializer as _, IgnoredAny, MapAccess, Visitor};
-use serde_json::{Value, value::RawValue};
+use serde_json::Value;
 
 use super::{
     fields::{Kind, ProfileFields, Text},
@@ -51,7 +48,7 @@ impl Auth0User {
     /// Reads one profile from JSON text (a page element, an NDJSON line of an export).
     pub fn parse(text: &str) -> Result<Self, Unusable> {
         if !storable::may_need_repair(text)
-            && let Ok(fields) = read_fields(text)
+            && let Ok(fields) = ProfileFields::read(text)
         {
             let user_id = checked_user_id(
                 fields
@@ -87,7 +84,7 @@ impl Auth0User {
 
     /// Reads storable JSON text whose `user_id` was checked.
     fn from_clean(user_id: String, raw: String) -> Result<Self, Unusable> {
-        let user = read_fields(&raw)
+        let user = ProfileFields::read(&raw)
             .map(|fields| Self::from_fields(user_id.clone(), &fields, Utc::now()))
             .map_err(|err| {
                 Unusable::new(
@@ -101,80 +98,6 @@ impl Auth0User {
     fn with_raw(mut self, raw: String) -> Self {
         self.raw = raw;
         self
-    }
-}
-
-/// The attributes of the profile in `text` that [`Auth0User`] reads, as JSON text borrowed from
-/// `text`; the others are checked for syntax and skipped.
-fn read_fields(text: &str) -> Result<ProfileFields<'_>, serde_json::Error> {
-    struct Profile;
-
-    impl<'de> Visitor<'de> for Profile {
-        type Value = ProfileFields<'de>;
-
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a JSON object")
-        }
-
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut fields = ProfileFields::default();
-            while let Some(key) = map.next_key::<Key<'de>>()? {
-                if ProfileFields::wants(key.as_str()) {
-                    fields.set(key.as_str(), map.next_value::<&'de RawValue>()?);
-                } else {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-            Ok(fields)
-        }
-    }
-
-    let mut deserializer = serde_json::Deserializer::from_str(text);
-    let fields = (&mut deserializer).deserialize_map(Profile)?;
-    deserializer.end()?;
-    Ok(fields)
-}
-
-/// An object key, borrowed from the text unless it holds escapes.
-enum Key<'a> {
-    Borrowed(&'a str),
-    Owned(String),
-}
-
-impl Key<'_> {
-    fn as_str(&self) -> &str {
-        match self {
-            Key::Borrowed(key) => key,
-            Key::Owned(key) => key,
-        }
-    }
-}
-
-impl<'de> de::Deserialize<'de> for Key<'de> {
-    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = Key<'de>;
-
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-
-            fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key::Borrowed(key))
-            }
-
-            fn visit_str<E>(self, key: &str) -> Result<Key<'de>, E> {
-                Ok(Key::Owned(key.to_owned()))
-            }
-
-            fn visit_string<E>(self, key: String) -> Result<Key<'de>, E> {
-                Ok(Key::Owned(key))
-            }
-        }
-
-        deserializer.deserialize_str(KeyVisitor)
     }
 }
 
@@ -225,7 +148,7 @@ mod tests {
     use super::*;
 
     /// A JSON document of a profile, parsed for comparison.
-    fn doc(json: &Option<Box<RawValue>>) -> Option<Value> {
+    fn doc(json: &Option<Box<serde_json::value::RawValue>>) -> Option<Value> {
         json.as_ref()
             .map(|j| serde_json::from_str(j.get()).unwrap())
     }

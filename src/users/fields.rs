@@ -6,7 +6,10 @@
 //! value is read, the `users` column it lands in, and how a new value meets the stored one.
 //! Attribute list: auth0.com/docs/manage-users/user-accounts/user-profiles/user-profile-structure
 
+use std::fmt;
+
 use chrono::{DateTime, Utc};
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Value, value::RawValue};
 
 /// How a profile's value meets the value already stored, when a profile no older than the
@@ -175,25 +178,88 @@ pub(crate) struct ProfileFields<'a> {
 }
 
 impl<'a> ProfileFields<'a> {
-    /// Keeps `value` when `key` is one of [`PROFILE_KEYS`]; a key seen twice keeps its last
-    /// value, as serde_json's own maps do.
-    pub(crate) fn set(&mut self, key: &str, value: &'a RawValue) -> bool {
-        match PROFILE_KEYS.iter().position(|k| *k == key) {
-            Some(at) => {
-                self.values[at] = Some(value);
-                true
-            }
-            None => false,
-        }
+    /// The attributes of the profile in `text`, borrowed from it; the others are checked for
+    /// syntax and skipped, so no tree of the whole profile is built. A key seen twice keeps its
+    /// last value, as serde_json's own maps do.
+    pub(crate) fn read(text: &'a str) -> Result<Self, serde_json::Error> {
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let fields = (&mut deserializer).deserialize_map(ProfileVisitor)?;
+        deserializer.end()?;
+        Ok(fields)
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<&'a RawValue> {
-        let at = PROFILE_KEYS.iter().position(|k| *k == key)?;
-        self.values[at]
+        self.values[position(key)?]
+    }
+}
+
+fn position(key: &str) -> Option<usize> {
+    PROFILE_KEYS.iter().position(|k| *k == key)
+}
+
+struct ProfileVisitor;
+
+impl<'de> Visitor<'de> for ProfileVisitor {
+    type Value = ProfileFields<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
     }
 
-    pub(crate) fn wants(key: &str) -> bool {
-        PROFILE_KEYS.contains(&key)
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = ProfileFields::default();
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            match position(key.as_str()) {
+                Some(at) => fields.values[at] = Some(map.next_value()?),
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(fields)
+    }
+}
+
+/// An object key, borrowed from the text unless it holds escapes.
+enum Key<'a> {
+    Borrowed(&'a str),
+    Owned(String),
+}
+
+impl Key<'_> {
+    fn as_str(&self) -> &str {
+        match self {
+            Key::Borrowed(key) => key,
+            Key::Owned(key) => key,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key::Borrowed(key))
+            }
+
+            fn visit_str<E>(self, key: &str) -> Result<Key<'de>, E> {
+                Ok(Key::Owned(key.to_owned()))
+            }
+
+            fn visit_string<E>(self, key: String) -> Result<Key<'de>, E> {
+                Ok(Key::Owned(key))
+            }
+        }
+
+        deserializer.deserialize_str(KeyVisitor)
     }
 }
 
