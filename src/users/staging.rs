@@ -94,15 +94,21 @@ impl StagingTable {
         if users.is_empty() {
             return Ok((BatchOutcome::default(), 0));
         }
-        // Rows in key order: the index is written where it was just read, and two writers that
-        // share a user (an export can repeat one) lock in the same order, never in a cycle.
+        // Rows in key order (the merge reads the table in the order it was filled): two writers
+        // that share users (an export can repeat one) insert them in the same order, so they
+        // wait for each other rather than deadlock. Should they still meet in a cycle, the
+        // batch fails as a whole and the download resumes before it.
         users.sort_unstable_by(|a, b| a.user_id.cmp(&b.user_id));
         let mut tx = self.conn.begin().await?;
         let mut copy = tx.copy_in_raw(COPY_IN.as_str()).await?;
         let mut data = Vec::with_capacity(SEND_BYTES + 64 * 1024);
         data.extend_from_slice(BINARY_HEADER);
         for user in users {
-            encode_row(&mut data, user)?;
+            if let Err(err) = encode_row(&mut data, user) {
+                // Ends the COPY cleanly, so the connection stays usable for the halves.
+                copy.abort("a value too large to send").await?;
+                return Err(err);
+            }
             if data.len() >= SEND_BYTES {
                 copy.send(data.as_slice()).await?;
                 data.clear();
