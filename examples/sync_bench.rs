@@ -123,7 +123,11 @@ async fn bench(
     }
     // Room for every writer, the run's lock and its progress.
     let pool = PgPoolOptions::new()
-        .max_connections(u32::try_from(options.writers + 2).unwrap_or(u32::MAX).max(4))
+        .max_connections(
+            u32::try_from(options.writers + 2)
+                .unwrap_or(u32::MAX)
+                .max(4),
+        )
         .connect_with(server.clone().database(&name))
         .await?;
     db::migrate(&pool).await?;
