@@ -168,12 +168,10 @@ async fn bench(database_url: &str, changes: usize, rate: u64, logs: bool) -> any
 
     let tenant = Tenant::of(emulator.issuer()).await?;
     let user_ids: Vec<String> = {
-        let mut ids = emulator.users().snapshot_ids();
+        let mut ids = emulator.users().user_ids();
         ids.sort();
-        ids.into_iter()
-            .take(changes)
-            .map(|id| id.to_string())
-            .collect()
+        ids.truncate(changes);
+        ids
     };
     anyhow::ensure!(
         user_ids.len() == changes,

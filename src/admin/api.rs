@@ -96,45 +96,20 @@ impl From<SyncRun> for SyncRunView {
 }
 
 /// A user copied from the identity provider.
+// The row as stored, whose fields are listed once (`users::fields`), and whether the user is gone.
 #[derive(Debug, Object)]
-#[oai(skip_serializing_if_is_none)]
 pub struct UserView {
-    pub user_id: String,
-    pub email: Option<String>,
-    pub email_verified: Option<bool>,
-    pub name: Option<String>,
-    pub nickname: Option<String>,
-    pub picture: Option<String>,
-    pub blocked: Option<bool>,
-    pub logins_count: Option<i32>,
-    pub last_login: Option<DateTime<Utc>>,
-    pub created_at: Option<DateTime<Utc>>,
-    pub updated_at: Option<DateTime<Utc>>,
-    pub first_seen_at: DateTime<Utc>,
-    pub synced_at: Option<DateTime<Utc>>,
-    /// Set when a full sync no longer found the user at the provider.
-    pub deleted_at: Option<DateTime<Utc>>,
+    #[oai(flatten)]
+    pub user: UserRow,
+    /// Whether a full sync no longer found the user at the provider (`deleted_at` is set).
     pub deleted: bool,
 }
 
 impl From<UserRow> for UserView {
-    fn from(row: UserRow) -> Self {
+    fn from(user: UserRow) -> Self {
         Self {
-            deleted: row.deleted_at.is_some(),
-            user_id: row.user_id,
-            email: row.email,
-            email_verified: row.email_verified,
-            name: row.name,
-            nickname: row.nickname,
-            picture: row.picture,
-            blocked: row.blocked,
-            logins_count: row.logins_count,
-            last_login: row.last_login,
-            created_at: row.auth0_created_at,
-            updated_at: row.auth0_updated_at,
-            first_seen_at: row.first_seen_at,
-            synced_at: row.synced_at,
-            deleted_at: row.deleted_at,
+            deleted: user.deleted_at.is_some(),
+            user,
         }
     }
 }

@@ -43,6 +43,7 @@ struct State {
     claims: serde_json::Map<String, serde_json::Value>,
     login_denial: Option<String>,
     token_response: Option<String>,
+    cut_download: Option<usize>,
 }
 
 /// Fault switches; shared by the emulator's handlers.
@@ -50,6 +51,7 @@ struct State {
 pub struct Faults {
     state: Mutex<State>,
     management_requests: AtomicU64,
+    export_downloads: AtomicU64,
     pub(crate) rate_limit: RateLimiter,
 }
 
@@ -78,6 +80,23 @@ impl Faults {
         self.state()
             .queue
             .extend(std::iter::repeat_n(Injected::Hang(for_), n));
+    }
+
+    /// The next export download breaks off after `bytes` bytes of the file, as a connection
+    /// dropped halfway through a large download does: the client must fetch the job again
+    /// for a fresh location and resume.
+    pub fn cut_next_download(&self, bytes: usize) {
+        self.state().cut_download = Some(bytes);
+    }
+
+    pub(crate) fn take_download_cut(&self) -> Option<usize> {
+        self.export_downloads.fetch_add(1, Ordering::Relaxed);
+        self.state().cut_download.take()
+    }
+
+    /// Export downloads served so far (whole or cut).
+    pub fn export_downloads(&self) -> u64 {
+        self.export_downloads.load(Ordering::Relaxed)
     }
 
     /// Every Management API request and export download waits this long first.

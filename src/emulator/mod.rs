@@ -54,6 +54,7 @@ use tokio::sync::watch;
 use url::Url;
 
 pub use backchannel::{BackchannelLogout, Delivery as BackchannelDelivery, Initiator, Initiators};
+pub use exports::ExportBuild;
 pub use faults::{Faults, IdTokenFault};
 pub use streams::{
     Deliveries, EventStreamDestination, LogStreamDestination, LogStreamFormat, StreamDestinations,
@@ -504,6 +505,12 @@ impl Emulator {
 
     pub fn users(&self) -> &UserStore {
         &self.running.shared.users
+    }
+
+    /// The export files built so far, oldest first (benchmarks print their build time apart
+    /// from the sync's).
+    pub fn export_builds(&self) -> Vec<ExportBuild> {
+        self.running.shared.exports.builds()
     }
 
     /// Stops accepting connections (in-flight requests get a second to finish): the provider

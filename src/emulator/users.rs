@@ -1,11 +1,12 @@
 //! The emulated tenant's users, in memory, with an ordered `updated_at` index so sorted listing
-//! and range searches stay cheap at 100k users.
+//! and range searches stay cheap at a million users.
 //!
 //! User JSON follows the Management API's user object:
 //! https://auth0.com/docs/api/management/v2/users/get-users
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::BTreeSet,
+    hash::BuildHasher,
     ops::Bound,
     path::Path,
     sync::{Arc, PoisonError, RwLock},
@@ -13,6 +14,7 @@ use std::{
 
 use anyhow::Context;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use hashbrown::HashTable;
 use rand::Rng;
 use serde_json::{Map, Value, json, value::RawValue};
 
@@ -54,6 +56,28 @@ pub struct User {
     pub as_sent_text: Vec<(String, String)>,
 }
 
+/// The id part after `provider|`, as it appears in `identities[].user_id`.
+pub(crate) fn identity_id(user_id: &str) -> &str {
+    user_id.split_once('|').map_or(user_id, |(_, id)| id)
+}
+
+/// Auth0's generated avatar for a user without a picture: the initials of the name.
+pub fn initials_avatar(name: &str) -> String {
+    let initials: String = name
+        .split_whitespace()
+        .filter_map(|w| w.chars().next())
+        .filter(char::is_ascii_alphabetic)
+        .take(2)
+        .collect::<String>()
+        .to_lowercase();
+    let initials = if initials.is_empty() {
+        "u".into()
+    } else {
+        initials
+    };
+    format!("https://cdn.auth0.com/avatars/{initials}.png")
+}
+
 /// Auth0's timestamp format: ISO 8601, milliseconds, `Z`.
 pub fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -61,29 +85,14 @@ pub fn timestamp(at: DateTime<Utc>) -> String {
 
 impl User {
     pub fn picture(&self) -> String {
-        self.picture.clone().unwrap_or_else(|| {
-            let initials: String = self
-                .name
-                .split_whitespace()
-                .filter_map(|w| w.chars().next())
-                .filter(char::is_ascii_alphabetic)
-                .take(2)
-                .collect::<String>()
-                .to_lowercase();
-            let initials = if initials.is_empty() {
-                "u".into()
-            } else {
-                initials
-            };
-            format!("https://cdn.auth0.com/avatars/{initials}.png")
-        })
+        self.picture
+            .clone()
+            .unwrap_or_else(|| initials_avatar(&self.name))
     }
 
     /// The id part after `provider|`, as it appears in `identities[].user_id`.
     fn identity_id(&self) -> &str {
-        self.user_id
-            .split_once('|')
-            .map_or(self.user_id.as_str(), |(_, id)| id)
+        identity_id(&self.user_id)
     }
 
     pub fn app_metadata_json(&self) -> Map<String, Value> {
@@ -256,21 +265,29 @@ pub struct SearchPage {
     pub users: Vec<User>,
 }
 
-/// How a user is kept: about a third of a [`User`]'s size, so 100k users stay within tens of
-/// megabytes. Times are UNIX milliseconds (Auth0's precision); rarely set fields live in `extra`.
+/// How a user is kept: a compact record in a slot of its own, about a fifth of a [`User`]'s
+/// size, so a tenant of a million users fits in a few hundred megabytes. The short texts share
+/// one allocation; times are UNIX milliseconds (Auth0's precision); rarely set fields live in
+/// `extra`.
 struct Stored {
-    email: Arc<str>,
-    name: Box<str>,
-    nickname: Box<str>,
+    /// `user_id`, `email` (lower-cased, as Auth0 keeps database users'), `name` and
+    /// `nickname`, back to back.
+    text: Box<str>,
+    /// Where `email`, `name` and `nickname` start in `text`.
+    starts: [u32; 3],
     created_at: i64,
     updated_at: i64,
-    last_login: Option<i64>,
+    /// [`NEVER`] when the user never logged in.
+    last_login: i64,
     logins_count: u64,
     email_verified: bool,
     blocked: bool,
     roles: Box<[Box<str>]>,
     extra: Option<Box<Extra>>,
 }
+
+/// `last_login` of a user who never logged in.
+const NEVER: i64 = i64::MIN;
 
 struct Extra {
     picture: Option<String>,
@@ -291,20 +308,40 @@ fn from_millis(ms: i64) -> DateTime<Utc> {
 }
 
 impl Stored {
-    fn to_user(&self, user_id: &str) -> User {
+    fn user_id(&self) -> &str {
+        &self.text[..self.starts[0] as usize]
+    }
+
+    fn email(&self) -> &str {
+        &self.text[self.starts[0] as usize..self.starts[1] as usize]
+    }
+
+    fn name(&self) -> &str {
+        &self.text[self.starts[1] as usize..self.starts[2] as usize]
+    }
+
+    fn nickname(&self) -> &str {
+        &self.text[self.starts[2] as usize..]
+    }
+
+    fn last_login(&self) -> Option<i64> {
+        (self.last_login != NEVER).then_some(self.last_login)
+    }
+
+    fn to_user(&self) -> User {
         let extra = self.extra.as_deref();
         User {
-            user_id: user_id.to_owned(),
-            email: self.email.to_string(),
+            user_id: self.user_id().to_owned(),
+            email: self.email().to_owned(),
             email_verified: self.email_verified,
-            name: self.name.to_string(),
-            nickname: self.nickname.to_string(),
+            name: self.name().to_owned(),
+            nickname: self.nickname().to_owned(),
             picture: extra.and_then(|e| e.picture.clone()),
             given_name: extra.and_then(|e| e.given_name.clone()),
             family_name: extra.and_then(|e| e.family_name.clone()),
             created_at: from_millis(self.created_at),
             updated_at: from_millis(self.updated_at),
-            last_login: self.last_login.map(from_millis),
+            last_login: self.last_login().map(from_millis),
             logins_count: self.logins_count,
             blocked: self.blocked,
             roles: self.roles.iter().map(|r| r.to_string()).collect(),
@@ -315,7 +352,7 @@ impl Stored {
         }
     }
 
-    fn from_user(user: User) -> (Arc<str>, Stored) {
+    fn from_user(user: User) -> Stored {
         let has_extra = user.picture.is_some()
             || user.given_name.is_some()
             || user.family_name.is_some()
@@ -334,33 +371,130 @@ impl Stored {
                 as_sent_text: user.as_sent_text,
             })
         });
-        let stored = Stored {
-            email: Arc::from(user.email),
-            name: user.name.into_boxed_str(),
-            nickname: user.nickname.into_boxed_str(),
+        let mut text = String::with_capacity(
+            user.user_id.len() + user.email.len() + user.name.len() + user.nickname.len(),
+        );
+        let mut starts = [0u32; 3];
+        for (start, part) in starts
+            .iter_mut()
+            .zip([&user.user_id, &user.email, &user.name])
+        {
+            text.push_str(part);
+            // Texts past 4 GiB do not reach the store: a request body is bounded far below.
+            *start = u32::try_from(text.len()).unwrap_or(u32::MAX);
+        }
+        text.push_str(&user.nickname);
+        Stored {
+            text: text.into_boxed_str(),
+            starts,
             created_at: millis(user.created_at),
             updated_at: millis(user.updated_at),
-            last_login: user.last_login.map(millis),
+            last_login: user.last_login.map_or(NEVER, millis),
             logins_count: user.logins_count,
             email_verified: user.email_verified,
             blocked: user.blocked,
             roles: user.roles.into_iter().map(String::into_boxed_str).collect(),
             extra,
-        };
-        (Arc::from(user.user_id), stored)
+        }
     }
 }
 
-#[derive(Default)]
+/// The users, and indexes into them by slot number. A slot keeps its user for the user's
+/// lifetime (changes are made in place) and is never reused, so a list of slots taken for an
+/// export still names the same users later.
 struct Inner {
-    by_id: HashMap<Arc<str>, Stored>,
-    /// `(updated_at millis, user_id)`: listing by `updated_at` and range searches walk this.
-    by_updated: BTreeSet<(i64, Arc<str>)>,
-    /// Emails are kept lower-cased (Auth0 does so for database users), one copy shared here.
-    by_email: HashMap<Arc<str>, Arc<str>>,
+    slots: Vec<Option<Stored>>,
+    count: usize,
+    by_id: TextIndex,
+    /// Emails are kept lower-cased (Auth0 does so for database users).
+    by_email: TextIndex,
+    /// `(updated_at millis, slot)`: listing by `updated_at` and range searches walk this.
+    by_updated: BTreeSet<IndexKey>,
     /// The last `updated_at` handed out, so every change gets a later stamp than the one before
     /// (an incremental sync reading `updated_at:{watermark TO *]` never misses a change).
     last_stamp: Option<DateTime<Utc>>,
+}
+
+/// Slots by one text of their user (its id, its email), which is read from the slot rather
+/// than kept twice.
+struct TextIndex {
+    text: fn(&Stored) -> &str,
+    hasher: std::collections::hash_map::RandomState,
+    table: HashTable<u32>,
+}
+
+impl TextIndex {
+    fn new(text: fn(&Stored) -> &str) -> Self {
+        Self {
+            text,
+            hasher: Default::default(),
+            table: HashTable::new(),
+        }
+    }
+
+    fn find(&self, slots: &[Option<Stored>], key: &str) -> Option<u32> {
+        let text = self.text;
+        let holds = |&slot: &u32| {
+            slots[slot as usize]
+                .as_ref()
+                .is_some_and(|u| text(u) == key)
+        };
+        self.table.find(self.hasher.hash_one(key), holds).copied()
+    }
+
+    fn reserve(&mut self, slots: &[Option<Stored>], more: usize) {
+        let Self {
+            text,
+            hasher,
+            table,
+        } = self;
+        table.reserve(more, rehash(*text, hasher, slots));
+    }
+
+    fn insert(&mut self, slots: &[Option<Stored>], slot: u32) {
+        let Some(user) = slots[slot as usize].as_ref() else {
+            return;
+        };
+        let Self {
+            text,
+            hasher,
+            table,
+        } = self;
+        let hash = hasher.hash_one(text(user));
+        table.insert_unique(hash, slot, rehash(*text, hasher, slots));
+    }
+
+    fn remove(&mut self, slots: &[Option<Stored>], slot: u32) {
+        let Some(user) = slots[slot as usize].as_ref() else {
+            return;
+        };
+        let hash = self.hasher.hash_one((self.text)(user));
+        if let Ok(entry) = self.table.find_entry(hash, |&s| s == slot) {
+            entry.remove();
+        }
+    }
+}
+
+/// The hash of the `text` of the user in a slot, for a table growing its buckets.
+fn rehash<'a>(
+    text: fn(&Stored) -> &str,
+    hasher: &'a std::collections::hash_map::RandomState,
+    slots: &'a [Option<Stored>],
+) -> impl Fn(&u32) -> u64 + 'a {
+    move |&slot| hasher.hash_one(slots[slot as usize].as_ref().map_or("", text))
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Self {
+            slots: Vec::new(),
+            count: 0,
+            by_id: TextIndex::new(Stored::user_id),
+            by_email: TextIndex::new(Stored::email),
+            by_updated: BTreeSet::new(),
+            last_stamp: None,
+        }
+    }
 }
 
 impl Inner {
@@ -374,23 +508,69 @@ impl Inner {
         stamp
     }
 
+    fn stored(&self, slot: u32) -> Option<&Stored> {
+        self.slots.get(slot as usize)?.as_ref()
+    }
+
+    fn slot_of(&self, user_id: &str) -> Option<u32> {
+        self.by_id.find(&self.slots, user_id)
+    }
+
+    fn slot_of_email(&self, email: &str) -> Option<u32> {
+        self.by_email.find(&self.slots, email)
+    }
+
+    fn contains_email(&self, email: &str) -> bool {
+        self.slot_of_email(email).is_some()
+    }
+
+    /// Indexes the user in `slot` (which holds it already).
+    fn index(&mut self, slot: u32) {
+        self.by_id.insert(&self.slots, slot);
+        self.by_email.insert(&self.slots, slot);
+        if let Some(user) = self.stored(slot) {
+            let key = (user.updated_at, slot);
+            self.by_updated.insert(key);
+        }
+    }
+
+    /// Removes the user in `slot` from the indexes (it stays in its slot).
+    fn unindex(&mut self, slot: u32) {
+        self.by_id.remove(&self.slots, slot);
+        self.by_email.remove(&self.slots, slot);
+        if let Some(user) = self.stored(slot) {
+            let key = (user.updated_at, slot);
+            self.by_updated.remove(&key);
+        }
+    }
+
     fn insert(&mut self, user: User) {
-        let (id, stored) = Stored::from_user(user);
-        self.by_updated.insert((stored.updated_at, id.clone()));
-        self.by_email.insert(stored.email.clone(), id.clone());
-        self.by_id.insert(id, stored);
+        let Ok(slot) = u32::try_from(self.slots.len()) else {
+            // Four billion users: far past what an emulated tenant holds.
+            return;
+        };
+        self.slots.push(Some(Stored::from_user(user)));
+        self.count += 1;
+        self.index(slot);
+    }
+
+    /// Replaces the user in `slot` (keeping the slot).
+    fn replace(&mut self, slot: u32, user: User) {
+        self.unindex(slot);
+        self.slots[slot as usize] = Some(Stored::from_user(user));
+        self.index(slot);
     }
 
     fn remove(&mut self, user_id: &str) -> Option<User> {
-        let (id, stored) = self.by_id.remove_entry(user_id)?;
-        self.by_updated.remove(&(stored.updated_at, id.clone()));
-        self.by_email.remove(&stored.email);
-        Some(stored.to_user(&id))
+        let slot = self.slot_of(user_id)?;
+        self.unindex(slot);
+        let user = self.slots[slot as usize].take()?;
+        self.count -= 1;
+        Some(user.to_user())
     }
 
     fn get(&self, user_id: &str) -> Option<User> {
-        let (id, stored) = self.by_id.get_key_value(user_id)?;
-        Some(stored.to_user(id))
+        self.stored(self.slot_of(user_id)?).map(Stored::to_user)
     }
 }
 
@@ -414,7 +594,7 @@ impl UserStore {
     }
 
     pub fn count(&self) -> usize {
-        self.read().by_id.len()
+        self.read().count
     }
 
     pub fn get(&self, user_id: &str) -> Option<User> {
@@ -423,8 +603,8 @@ impl UserStore {
 
     pub fn find_by_email(&self, email: &str) -> Option<User> {
         let inner = self.read();
-        let id = inner.by_email.get(email.trim().to_lowercase().as_str())?;
-        inner.get(id)
+        let slot = inner.slot_of_email(email.trim().to_lowercase().as_str())?;
+        inner.stored(slot).map(Stored::to_user)
     }
 
     pub fn create(&self, new: NewUser) -> Result<User, StoreError> {
@@ -438,8 +618,7 @@ impl UserStore {
             None => random_user_id(),
         };
         let mut inner = self.write();
-        if inner.by_id.contains_key(user_id.as_str()) || inner.by_email.contains_key(email.as_str())
-        {
+        if inner.slot_of(&user_id).is_some() || inner.contains_email(&email) {
             return Err(StoreError::Conflict);
         }
         let now = inner.next_stamp();
@@ -476,12 +655,18 @@ impl UserStore {
         let new_email = patch.email.as_deref().map(valid_email).transpose()?;
         let mut inner = self.write();
         if let Some(email) = &new_email
-            && let Some(owner) = inner.by_email.get(email.as_str())
-            && &**owner != user_id
+            && let Some(owner) = inner
+                .slot_of_email(email)
+                .and_then(|slot| inner.stored(slot))
+            && owner.user_id() != user_id
         {
             return Err(StoreError::Conflict);
         }
-        let mut user = inner.remove(user_id).ok_or(StoreError::NotFound)?;
+        let slot = inner.slot_of(user_id).ok_or(StoreError::NotFound)?;
+        let mut user = inner
+            .stored(slot)
+            .map(Stored::to_user)
+            .ok_or(StoreError::NotFound)?;
         // A field set through the API is the emulator's own again, not the file's shape.
         for (key, changed) in [
             ("email", new_email.is_some()),
@@ -518,7 +703,7 @@ impl UserStore {
         merge(&mut user.app_metadata, patch.app_metadata);
         merge(&mut user.user_metadata, patch.user_metadata);
         user.updated_at = inner.next_stamp();
-        inner.insert(user.clone());
+        inner.replace(slot, user.clone());
         Ok(user)
     }
 
@@ -529,14 +714,15 @@ impl UserStore {
     /// A sign-in: counts it, stamps `last_login`, and (like Auth0) bumps `updated_at`.
     pub fn record_login(&self, user_id: &str) -> Option<User> {
         let mut inner = self.write();
-        let mut user = inner.remove(user_id)?;
+        let slot = inner.slot_of(user_id)?;
+        let mut user = inner.stored(slot)?.to_user();
         let now = inner.next_stamp();
         user.logins_count += 1;
         user.as_sent.remove("logins_count");
         user.as_sent_text.retain(|(k, _)| k != "logins_count");
         user.last_login = Some(now);
         user.updated_at = now;
-        inner.insert(user.clone());
+        inner.replace(slot, user.clone());
         Some(user)
     }
 
@@ -548,8 +734,15 @@ impl UserStore {
         let now = Utc::now();
         let mut added = 0;
         let mut inner = self.write();
-        inner.by_id.reserve(n);
-        inner.by_email.reserve(n);
+        let Inner {
+            slots,
+            by_id,
+            by_email,
+            ..
+        } = &mut *inner;
+        slots.reserve(n);
+        by_id.reserve(slots, n);
+        by_email.reserve(slots, n);
         for i in 0..n {
             let (name, email, roles) = if i == 0 {
                 (
@@ -577,7 +770,7 @@ impl UserStore {
                 );
                 (format!("{first} {last}"), email, Vec::new())
             };
-            if inner.by_email.contains_key(email.as_str()) {
+            if inner.contains_email(&email) {
                 continue;
             }
             // One minute per user into the past; updated within that minute, so every
@@ -641,15 +834,16 @@ impl UserStore {
             .by_updated
             .iter()
             .rev()
-            .filter_map(|(_, id)| inner.get(id))
+            .filter_map(|&(_, slot)| inner.stored(slot).map(Stored::to_user))
             .take(limit)
             .collect();
         if !chosen.iter().any(|u| u.roles.iter().any(|r| r == "admin"))
             && let Some(admin) = inner
-                .by_id
+                .slots
                 .iter()
-                .find(|(_, u)| u.roles.iter().any(|r| &**r == "admin"))
-                .map(|(id, u)| u.to_user(id))
+                .flatten()
+                .find(|u| u.roles.iter().any(|r| &**r == "admin"))
+                .map(Stored::to_user)
         {
             chosen.truncate(limit.saturating_sub(1));
             chosen.push(admin);
@@ -658,16 +852,27 @@ impl UserStore {
         chosen
     }
 
+    /// The id of every user right now, in no particular order (benchmarks pick users from it).
+    pub fn user_ids(&self) -> Vec<String> {
+        let inner = self.read();
+        inner
+            .slots
+            .iter()
+            .flatten()
+            .map(|user| user.user_id().to_owned())
+            .collect()
+    }
+
     /// The users matching `filter`, in `sort` order, `offset`/`limit` applied, with the total.
     pub fn search(&self, filter: &Filter, sort: Sort, offset: usize, limit: usize) -> SearchPage {
         let inner = self.read();
-        let keep = |(id, user): &(&Arc<str>, &Stored)| matches(filter, id, user);
-        let window = |iter: &mut dyn Iterator<Item = (&Arc<str>, &Stored)>| {
+        let keep = |user: &&Stored| matches(filter, user);
+        let window = |iter: &mut dyn Iterator<Item = &Stored>| {
             let mut total = 0;
             let mut users = Vec::new();
-            for (id, user) in iter {
+            for user in iter {
                 if total >= offset && users.len() < limit {
-                    users.push(user.to_user(id));
+                    users.push(user.to_user());
                 }
                 total += 1;
             }
@@ -676,18 +881,13 @@ impl UserStore {
 
         // An exact email or id narrows to at most one user: no scan.
         let direct = match (&filter.email, &filter.user_id) {
-            (Some(email), _) => Some(inner.by_email.get(email.as_str()).cloned()),
-            (None, Some(id)) => Some(
-                inner
-                    .by_id
-                    .get_key_value(id.as_str())
-                    .map(|(k, _)| k.clone()),
-            ),
+            (Some(email), _) => Some(inner.slot_of_email(email)),
+            (None, Some(id)) => Some(inner.slot_of(id)),
             (None, None) => None,
         };
-        if let Some(id) = direct {
-            let mut found = id
-                .and_then(|id| inner.by_id.get_key_value(&id))
+        if let Some(slot) = direct {
+            let mut found = slot
+                .and_then(|slot| inner.stored(slot))
                 .filter(keep)
                 .into_iter();
             return window(&mut found);
@@ -705,6 +905,7 @@ impl UserStore {
                 };
             };
             let entries = inner.by_updated.range(bounds);
+            let lookup = |&(_, slot): &(i64, u32)| inner.stored(slot);
             // Only the time range constrains: count and page on the index alone.
             let index_only = Filter {
                 updated_at: None,
@@ -712,16 +913,15 @@ impl UserStore {
             } == Filter::default();
             if index_only {
                 let total = entries.clone().count();
-                let page: Box<dyn Iterator<Item = &(i64, Arc<str>)>> = if sort.descending {
+                let page: Box<dyn Iterator<Item = &(i64, u32)>> = if sort.descending {
                     Box::new(entries.rev().skip(offset).take(limit))
                 } else {
                     Box::new(entries.skip(offset).take(limit))
                 };
-                let users = page.filter_map(|(_, id)| inner.get(id)).collect();
+                let users = page.filter_map(lookup).map(Stored::to_user).collect();
                 return SearchPage { total, users };
             }
-            let lookup = |(_, id): &(i64, Arc<str>)| inner.by_id.get_key_value(id);
-            let mut users: Box<dyn Iterator<Item = (&Arc<str>, &Stored)>> = if sort.descending {
+            let mut users: Box<dyn Iterator<Item = &Stored>> = if sort.descending {
                 Box::new(entries.rev().filter_map(lookup).filter(keep))
             } else {
                 Box::new(entries.filter_map(lookup).filter(keep))
@@ -729,19 +929,19 @@ impl UserStore {
             return window(&mut users);
         }
 
-        let mut found: Vec<(&Arc<str>, &Stored)> = inner.by_id.iter().filter(keep).collect();
+        let mut found: Vec<&Stored> = inner.slots.iter().flatten().filter(keep).collect();
         let total = found.len();
-        let order = |(a_id, a): &(&Arc<str>, &Stored), (b_id, b): &(&Arc<str>, &Stored)| {
+        let order = |a: &&Stored, b: &&Stored| {
             let order = match sort.field {
                 SortField::CreatedAt => a.created_at.cmp(&b.created_at),
                 SortField::UpdatedAt => a.updated_at.cmp(&b.updated_at),
                 SortField::LastLogin => a.last_login.cmp(&b.last_login),
                 SortField::LoginsCount => a.logins_count.cmp(&b.logins_count),
-                SortField::Email => a.email.cmp(&b.email),
-                SortField::Name => a.name.cmp(&b.name),
+                SortField::Email => a.email().cmp(b.email()),
+                SortField::Name => a.name().cmp(b.name()),
                 SortField::UserId => std::cmp::Ordering::Equal,
             }
-            .then_with(|| a_id.cmp(b_id));
+            .then_with(|| a.user_id().cmp(b.user_id()));
             if sort.descending {
                 order.reverse()
             } else {
@@ -759,21 +959,87 @@ impl UserStore {
             .into_iter()
             .skip(offset)
             .take(limit)
-            .map(|(id, user)| user.to_user(id))
+            .map(Stored::to_user)
             .collect();
         SearchPage { total, users }
     }
 
-    /// The ids of every user right now: an export walks these in chunks without holding the
-    /// lock (or a copy of every profile) for the whole file.
-    pub fn snapshot_ids(&self) -> Vec<Arc<str>> {
-        self.read().by_id.keys().cloned().collect()
+    /// Every user right now, by slot: an export walks these in chunks without holding the
+    /// lock (or a copy of every profile) for the whole file. A slot keeps its user, so a user
+    /// deleted meanwhile is skipped and none is read twice.
+    pub(crate) fn snapshot(&self) -> Vec<u32> {
+        let inner = self.read();
+        (0..inner.slots.len())
+            .filter(|&slot| inner.slots[slot].is_some())
+            .filter_map(|slot| u32::try_from(slot).ok())
+            .collect()
     }
 
-    /// Looks up a batch of ids under one read lock; deleted users are skipped.
-    pub fn get_many(&self, ids: &[Arc<str>]) -> Vec<User> {
+    /// Reads the users in `slots` under one read lock, in order; deleted users are skipped.
+    pub(crate) fn read_slots(&self, slots: &[u32], mut each: impl FnMut(&UserRef<'_>)) {
         let inner = self.read();
-        ids.iter().filter_map(|id| inner.get(id)).collect()
+        for user in slots.iter().filter_map(|&slot| inner.stored(slot)) {
+            each(&UserRef(user));
+        }
+    }
+}
+
+/// A stored user, borrowed: what an export reads without copying the user.
+pub(crate) struct UserRef<'a>(&'a Stored);
+
+impl UserRef<'_> {
+    pub(crate) fn user_id(&self) -> &str {
+        self.0.user_id()
+    }
+
+    pub(crate) fn email(&self) -> &str {
+        self.0.email()
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    pub(crate) fn nickname(&self) -> &str {
+        self.0.nickname()
+    }
+
+    pub(crate) fn email_verified(&self) -> bool {
+        self.0.email_verified
+    }
+
+    pub(crate) fn blocked(&self) -> bool {
+        self.0.blocked
+    }
+
+    pub(crate) fn logins_count(&self) -> u64 {
+        self.0.logins_count
+    }
+
+    pub(crate) fn created_at(&self) -> DateTime<Utc> {
+        from_millis(self.0.created_at)
+    }
+
+    pub(crate) fn updated_at(&self) -> DateTime<Utc> {
+        from_millis(self.0.updated_at)
+    }
+
+    pub(crate) fn last_login(&self) -> Option<DateTime<Utc>> {
+        self.0.last_login().map(from_millis)
+    }
+
+    pub(crate) fn roles(&self) -> impl Iterator<Item = &str> {
+        self.0.roles.iter().map(|r| &**r)
+    }
+
+    /// Whether the user has attributes beyond the common ones (a picture, metadata, fields as a
+    /// users file gave them): then only [`UserRef::to_user`] has them all.
+    pub(crate) fn has_extra(&self) -> bool {
+        self.0.extra.is_some()
+    }
+
+    pub(crate) fn to_user(&self) -> User {
+        self.0.to_user()
     }
 }
 
@@ -793,7 +1059,7 @@ fn merge(target: &mut Map<String, Value>, patch: Option<Map<String, Value>>) {
     }
 }
 
-fn matches(filter: &Filter, user_id: &str, user: &Stored) -> bool {
+fn matches(filter: &Filter, user: &Stored) -> bool {
     let in_range = |range: &Option<Range>, at: Option<i64>| match (range, at) {
         (None, _) => true,
         (Some(range), Some(at)) => range.contains(from_millis(at)),
@@ -801,22 +1067,26 @@ fn matches(filter: &Filter, user_id: &str, user: &Stored) -> bool {
     };
     in_range(&filter.updated_at, Some(user.updated_at))
         && in_range(&filter.created_at, Some(user.created_at))
-        && in_range(&filter.last_login, user.last_login)
-        && filter.email.as_deref().is_none_or(|e| e == &*user.email)
-        && filter.user_id.as_deref().is_none_or(|id| id == user_id)
-        && filter.name.as_deref().is_none_or(|n| n == &*user.name)
+        && in_range(&filter.last_login, user.last_login())
+        && filter.email.as_deref().is_none_or(|e| e == user.email())
+        && filter
+            .user_id
+            .as_deref()
+            .is_none_or(|id| id == user.user_id())
+        && filter.name.as_deref().is_none_or(|n| n == user.name())
         && filter
             .nickname
             .as_deref()
-            .is_none_or(|n| n == &*user.nickname)
+            .is_none_or(|n| n == user.nickname())
 }
 
-/// Translates a time range into exact bounds on the `(updated_at, user_id)` index, whose times
-/// are whole milliseconds. The empty string sorts before every id, so `(ms, "")` is the first
-/// key at `ms`.
-#[allow(clippy::type_complexity)]
-fn index_bounds(range: &Range) -> Option<(Bound<(i64, Arc<str>)>, Bound<(i64, Arc<str>)>)> {
-    let first_at = |ms: i64| (ms, Arc::<str>::from(""));
+/// A key of the `(updated_at millis, slot)` index.
+type IndexKey = (i64, u32);
+
+/// Translates a time range into exact bounds on the `(updated_at, slot)` index, whose times
+/// are whole milliseconds. Slot 0 sorts first, so `(ms, 0)` is the first key at `ms`.
+fn index_bounds(range: &Range) -> Option<(Bound<IndexKey>, Bound<IndexKey>)> {
+    let first_at = |ms: i64| (ms, 0);
     let floor = |t: DateTime<Utc>| millis(t);
     let ceil = |t: DateTime<Utc>| {
         let partial = !t.timestamp_subsec_nanos().is_multiple_of(1_000_000);

@@ -657,7 +657,7 @@ mod tests {
         // What JavaScript's JSON.stringify writes for a lone surrogate, and a number past f64.
         let body = r#"{"start":0,"limit":100,"length":3,"total":3,"users":[
             {"user_id":"auth0|a","name":"half an emoji \ud83d"},
-            {"user_id":"auth0|b","logins_count":1e400},
+            {"user_id":"auth0|b","logins_count":1e400,"note":"\u0000"},
             {"user_id":"auth0|c","name":"fine"}]}"#;
         assert!(
             serde_json::from_str::<serde_json::Value>(body).is_err(),

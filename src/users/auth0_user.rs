@@ -1,40 +1,25 @@
-//! An Auth0 user profile as the Management API returns it.
+//! Reading an Auth0 user profile as the Management API returns it.
 //!
 //! Parsing is deliberately lenient: the profile is stored whole in `users.raw`, and each typed
-//! column is read from it when present and of the expected type. A field Auth0 adds, drops or
-//! changes the type of never fails a sync. Every value is made storable by the one rule in
-//! [`super::storable`]; only a profile without a usable `user_id`, or one that is not JSON at
-//! all, is [`Unusable`].
-//! Field list: auth0.com/docs/manage-users/user-accounts/user-profiles/user-profile-structure
+//! column is read from it when present and of the expected type (the field list and the rules
+//! per kind are in [`super::fields`]). An attribute Auth0 adds, drops or changes the type of
+//! never fails a sync. Every value is made storable by the one rule in [`super::storable`]; only
+//! a profile without a usable `user_id`, or one that is not JSON at all, is [`Unusable`].
+//!
+//! A profile is read in one pass that keeps the attributes it needs as JSON text and skips the
+//! rest, without building a tree of the whole profile: an export of a million users is read at
+//! the speed of the download. Only text that may hold what the storable rule changes (a `\u0000`
+//! or a UTF-16 surrogate escape) takes the slower way through a `serde_json::Value`.
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde_json::Value;
 
-use super::storable;
+use super::{
+    fields::{Kind, ProfileFields, Text},
+    storable,
+};
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct Auth0User {
-    /// `{provider}|{id}`, the OIDC `sub`.
-    pub user_id: String,
-    /// `None` here and in the other scalar fields: absent, or of a type or value whose meaning
-    /// is unknown. The upsert keeps the stored value then (a sign-in may know it).
-    pub email: Option<String>,
-    pub email_verified: Option<bool>,
-    pub name: Option<String>,
-    pub nickname: Option<String>,
-    pub picture: Option<String>,
-    pub blocked: Option<bool>,
-    pub logins_count: Option<i32>,
-    pub last_login: Option<DateTime<Utc>>,
-    pub created_at: Option<DateTime<Utc>>,
-    pub updated_at: Option<DateTime<Utc>>,
-    pub app_metadata: Option<Value>,
-    pub user_metadata: Option<Value>,
-    pub identities: Option<Value>,
-    /// The profile as received (JSON text), unknown fields included; re-serialised only when
-    /// the storable rule had to change something.
-    pub raw: String,
-}
+pub use super::fields::Auth0User;
 
 /// A profile that cannot be stored: what it is known by (when it has a readable `user_id`) and
 /// why. The sync skips it, counts it and logs both.
@@ -52,15 +37,26 @@ impl Unusable {
             reason: reason.into(),
         }
     }
-}
 
-/// A timestamp later than this past the present is not a real one. Stored, it would win every
-/// newer-profile comparison and push the incremental watermark past every future change.
-const FUTURE_TOLERANCE: chrono::Duration = chrono::Duration::days(1);
+    /// A line of an export that is not UTF-8 text, so not JSON either.
+    pub(crate) fn not_text() -> Self {
+        Self::new(None, "the profile is not UTF-8 text")
+    }
+}
 
 impl Auth0User {
     /// Reads one profile from JSON text (a page element, an NDJSON line of an export).
     pub fn parse(text: &str) -> Result<Self, Unusable> {
+        if !storable::may_need_repair(text)
+            && let Ok(fields) = ProfileFields::read(text)
+        {
+            let user_id = checked_user_id(
+                fields
+                    .get("user_id")
+                    .and_then(|id| Text::read(id, Utc::now())),
+            )?;
+            return Ok(Self::from_fields(user_id, &fields, Utc::now()).with_raw(text.to_owned()));
+        }
         match storable::parse_json(text) {
             Ok((mut value, repaired)) => {
                 let user_id = user_id(&value)?;
@@ -70,7 +66,7 @@ impl Auth0User {
                 } else {
                     text.to_owned()
                 };
-                Ok(Self::read(user_id, &value, raw))
+                Self::from_clean(user_id, raw)
             }
             Err(err) => Err(Unusable::new(
                 user_id_of_unreadable(text).as_deref(),
@@ -83,39 +79,41 @@ impl Auth0User {
     pub fn from_value(mut value: Value) -> Result<Self, Unusable> {
         let user_id = user_id(&value)?;
         storable::json(&mut value);
-        let raw = value.to_string();
-        Ok(Self::read(user_id, &value, raw))
+        Self::from_clean(user_id, value.to_string())
     }
 
-    fn read(user_id: String, value: &Value, raw: String) -> Self {
-        let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_owned);
-        let object = |key: &str| value.get(key).filter(|v| !v.is_null()).cloned();
-        let now = Utc::now();
-        let time = |key: &str| timestamp(value.get(key)).filter(|t| *t <= now + FUTURE_TOLERANCE);
-        Self {
-            user_id,
-            email: text("email"),
-            email_verified: boolean(value.get("email_verified")),
-            name: text("name"),
-            nickname: text("nickname"),
-            picture: text("picture"),
-            blocked: boolean(value.get("blocked")),
-            logins_count: count(value.get("logins_count")),
-            last_login: time("last_login"),
-            created_at: time("created_at"),
-            updated_at: time("updated_at"),
-            app_metadata: object("app_metadata"),
-            user_metadata: object("user_metadata"),
-            identities: object("identities"),
-            raw,
-        }
+    /// Reads storable JSON text whose `user_id` was checked.
+    fn from_clean(user_id: String, raw: String) -> Result<Self, Unusable> {
+        let user = ProfileFields::read(&raw)
+            .map(|fields| Self::from_fields(user_id.clone(), &fields, Utc::now()))
+            .map_err(|err| {
+                Unusable::new(
+                    Some(&user_id),
+                    format!("the profile is not a JSON object: {err}"),
+                )
+            })?;
+        Ok(user.with_raw(raw))
+    }
+
+    fn with_raw(mut self, raw: String) -> Self {
+        self.raw = raw;
+        self
     }
 }
 
 /// The profile's `user_id`, checked before the storable rule runs: cleaning an id would make it
 /// another user's.
 fn user_id(value: &Value) -> Result<String, Unusable> {
-    let Some(raw) = value.get("user_id").and_then(Value::as_str) else {
+    checked_user_id(
+        value
+            .get("user_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+    )
+}
+
+fn checked_user_id(raw: Option<String>) -> Result<String, Unusable> {
+    let Some(raw) = raw else {
         return Err(Unusable::new(None, "the profile has no user_id"));
     };
     let id = raw.trim();
@@ -128,7 +126,11 @@ fn user_id(value: &Value) -> Result<String, Unusable> {
             "the user_id contains U+0000, which Postgres cannot store",
         ));
     }
-    Ok(id.to_owned())
+    Ok(if id.len() == raw.len() {
+        raw
+    } else {
+        id.to_owned()
+    })
 }
 
 /// Best effort for logs: the `user_id` of a profile that does not parse as a whole (serde
@@ -141,48 +143,15 @@ fn user_id_of_unreadable(text: &str) -> Option<String> {
     serde_json::from_str::<IdOnly>(text).ok().map(|p| p.user_id)
 }
 
-/// JSON booleans, and the strings `"true"` and `"false"` that profiles from some connections
-/// carry (the same rule as openidconnect's `accept-string-booleans`, which sign-in uses). Any
-/// other value means nothing known.
-fn boolean(value: Option<&Value>) -> Option<bool> {
-    match value? {
-        Value::Bool(b) => Some(*b),
-        Value::String(s) => s.parse().ok(),
-        _ => None,
-    }
-}
-
-/// A non-negative whole number, sent as a number or a string of digits; capped at `i32::MAX`
-/// (the column is `integer`).
-fn count(value: Option<&Value>) -> Option<i32> {
-    let n = match value? {
-        Value::Number(n) => n.as_u64().or_else(|| {
-            n.as_f64()
-                .filter(|f| *f >= 0.0 && f.fract() == 0.0)
-                .map(|f| f as u64)
-        })?,
-        Value::String(s) => s.trim().parse::<u64>().ok()?,
-        _ => return None,
-    };
-    Some(i32::try_from(n).unwrap_or(i32::MAX))
-}
-
-/// Auth0 sends RFC 3339 strings (`2024-01-02T03:04:05.678Z`); export files have been seen with
-/// Mongo-style `{"$date": "..."}` wrappers, accepted too.
-fn timestamp(value: Option<&Value>) -> Option<DateTime<Utc>> {
-    let text = match value? {
-        Value::String(s) => s.as_str(),
-        Value::Object(map) => map.get("$date")?.as_str()?,
-        _ => return None,
-    };
-    DateTime::parse_from_rfc3339(text)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A JSON document of a profile, parsed for comparison.
+    fn doc(json: &Option<Box<serde_json::value::RawValue>>) -> Option<Value> {
+        json.as_ref()
+            .map(|j| serde_json::from_str(j.get()).unwrap())
+    }
 
     #[test]
     fn reads_known_fields_and_keeps_the_rest_raw() {
@@ -220,9 +189,36 @@ mod tests {
 
     #[test]
     fn an_unreadable_profile_still_names_its_user() {
-        let err = Auth0User::parse(r#"{"user_id":"auth0|big","logins":1e400}"#).unwrap_err();
+        // serde_json cannot hold 1e400 in a value; the NUL makes the storable rule read one.
+        let err = Auth0User::parse(r#"{"user_id":"auth0|big","logins":1e400,"note":"\u0000"}"#)
+            .unwrap_err();
         assert_eq!(err.user_id.as_deref(), Some("auth0|big"));
         assert!(err.reason.contains("number out of range"), "{err}");
+    }
+
+    #[test]
+    fn a_number_past_f64_elsewhere_is_kept_in_raw_and_unknown_where_read() {
+        // Postgres' numeric holds 1e400, so the profile is stored whole.
+        let user =
+            Auth0User::parse(r#"{"user_id":"auth0|big","logins_count":1e400,"x":-1e999}"#).unwrap();
+        assert_eq!(user.logins_count, None);
+        assert!(user.raw.contains("1e400"));
+    }
+
+    #[test]
+    fn keys_with_escapes_and_repeated_keys_read_like_serde_json() {
+        let user = Auth0User::parse(
+            r#"{"user_id":"auth0|k","\u0065mail":"a@example.com","name":"first","name":"last"}"#,
+        )
+        .unwrap();
+        assert_eq!(user.email.as_deref(), Some("a@example.com"));
+        assert_eq!(
+            user.name.as_deref(),
+            Some("last"),
+            "the last of a repeated key wins"
+        );
+        assert!(Auth0User::parse(r#"["auth0|1"]"#).is_err(), "not an object");
+        assert!(Auth0User::parse(r#"{"user_id":"auth0|1"} trailing"#).is_err());
     }
 
     #[test]
@@ -233,10 +229,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(user.name.as_deref(), Some("Ada L"));
-        assert_eq!(user.user_metadata, Some(serde_json::json!({"note": "ab"})));
-        assert_eq!(user.app_metadata, Some(serde_json::json!({"k": [""]})));
         assert_eq!(
-            user.identities,
+            doc(&user.user_metadata),
+            Some(serde_json::json!({"note": "ab"}))
+        );
+        assert_eq!(
+            doc(&user.app_metadata),
+            Some(serde_json::json!({"k": [""]}))
+        );
+        assert_eq!(
+            doc(&user.identities),
             Some(serde_json::json!([{"profileData": {"x": ""}}]))
         );
         assert!(!user.raw.contains("\\u0000"), "{}", user.raw);

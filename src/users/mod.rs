@@ -9,9 +9,11 @@
 
 pub mod auth0_api;
 pub mod auth0_user;
+pub mod fields;
 pub mod foreground;
 pub mod job;
 pub mod search;
+pub mod staging;
 pub mod storable;
 pub mod store;
 pub mod streams;

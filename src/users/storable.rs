@@ -68,6 +68,22 @@ pub fn json(value: &mut Value) -> bool {
     }
 }
 
+/// Whether JSON text may hold what this rule changes: a `\u0000` escape, or a `\uD800`-`\uDFFF`
+/// one (a lone surrogate, or half of a pair, which is fine but rare). A JSON string cannot hold a
+/// raw control character, so text without such an escape is storable exactly as it is. May
+/// answer `true` for text that needs nothing (`\\u0000`, an escaped backslash, is text).
+pub fn may_need_repair(text: &str) -> bool {
+    text.match_indices("\\u")
+        .any(|(at, _)| match text.as_bytes().get(at + 2..at + 6) {
+            Some(b"0000") => true,
+            Some([d, second, ..]) => {
+                d.eq_ignore_ascii_case(&b'd')
+                    && matches!(second.to_ascii_lowercase(), b'8'..=b'9' | b'a'..=b'f')
+            }
+            _ => false,
+        })
+}
+
 /// Parses JSON text as serde_json does, except that lone surrogate escapes become U+FFFD
 /// instead of failing the document. Returns the value and whether the text had to be repaired.
 pub fn parse_json(text: &str) -> serde_json::Result<(Value, bool)> {
@@ -156,6 +172,19 @@ mod tests {
         // A high surrogate followed by another high one: both are lone.
         let (value, _) = parse_json(r#"["\ud800\ud800"]"#).unwrap();
         assert_eq!(value[0], "\u{fffd}\u{fffd}");
+    }
+
+    #[test]
+    fn only_nul_and_surrogate_escapes_may_need_repair() {
+        assert!(!may_need_repair(r#"{"a":"plain \u00e9 text","b":"\n"}"#));
+        assert!(may_need_repair(r#"{"a":"x\u0000"}"#));
+        assert!(may_need_repair(r#"{"a":"x\uD83D"}"#));
+        assert!(may_need_repair(r#"{"a":"x\udfff"}"#));
+        assert!(!may_need_repair(r#"{"a":"x\ue000\u00d8"}"#));
+        assert!(
+            !may_need_repair(r#"{"a":"\u00"}"#),
+            "a cut escape is not JSON anyway"
+        );
     }
 
     #[test]

@@ -3,12 +3,22 @@
 //! A batch of profiles is written by one statement, so a sync of 100k users costs a hundred
 //! round trips, not a hundred thousand. A statement is all-or-nothing, so [`write_profiles`]
 //! isolates a profile Postgres refuses by splitting its batch until the refused profile stands
-//! alone: the others are still written in batches, and the one is skipped.
+//! alone: the others are still written in batches, and the one is skipped. Large batches (an
+//! export) take the same path through a staging table ([`super::staging`]); both merge into
+//! `users` with the statement [`merge_sql`] builds from the field list ([`super::fields`]).
+
+use std::{collections::HashMap, sync::LazyLock};
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, PgPool};
 
-use super::auth0_user::Auth0User;
+use super::{
+    auth0_user::Auth0User,
+    fields::{self, COLUMNS, Cell, Merge},
+    staging::StagingTable,
+};
+
+pub use super::fields::UserRow;
 
 /// What [`write_profiles`] did with a batch.
 #[derive(Debug, Default)]
@@ -17,15 +27,23 @@ pub struct WriteOutcome {
     /// Profiles Postgres refused as data, with its reason: nothing of them was written, but
     /// their users were marked as seen (they exist at Auth0).
     pub skipped: Vec<(String, String)>,
+    /// SQL statements it took.
+    pub statements: u64,
 }
 
 /// True when Postgres refused a statement because of a value in it rather than the statement
 /// or the server: SQLSTATE class 22 (data exception: NUL in text, `\u0000` in jsonb, a number
-/// or date out of range) and 54000 (a value too large for an index row). Such an error belongs
-/// to one row of a batch, never to the run.
+/// or date out of range) and 54000 (a value too large for an index row), or a value that could
+/// not be encoded for Postgres at all. Such an error belongs to one row of a batch, never to the
+/// run.
 pub fn is_row_data_error(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db)
-        if db.code().is_some_and(|c| c.starts_with("22") || c == "54000"))
+    match err {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("22") || c == "54000"),
+        sqlx::Error::Encode(_) => true,
+        _ => false,
+    }
 }
 
 /// Upserts `users` as [`upsert_batch`] does, in as few statements as the data allows: a batch
@@ -33,18 +51,52 @@ pub fn is_row_data_error(err: &sqlx::Error) -> bool {
 /// profiles among n cost about 2k·log2(n) extra statements and every good one is written. Other
 /// errors (the database is away, a bug) are returned as they are.
 pub async fn write_profiles(db: &PgPool, users: &[Auth0User]) -> Result<WriteOutcome, sqlx::Error> {
+    write_isolating(&mut Destination::Statement(db), users).await
+}
+
+/// Where [`write_isolating`] writes.
+pub(crate) enum Destination<'a> {
+    /// [`upsert_batch`]: one statement a batch.
+    Statement(&'a PgPool),
+    /// `COPY` into a staging table and one merge a batch.
+    Staging(&'a mut StagingTable),
+}
+
+impl Destination<'_> {
+    async fn write(&mut self, users: &[Auth0User]) -> Result<(BatchOutcome, u64), sqlx::Error> {
+        match self {
+            Destination::Statement(db) => Ok((upsert_batch(*db, users).await?, 1)),
+            Destination::Staging(staging) => staging.merge(users).await,
+        }
+    }
+
+    pub(crate) async fn mark_seen(&mut self, user_ids: &[String]) -> Result<u64, sqlx::Error> {
+        match self {
+            Destination::Statement(db) => mark_seen(*db, user_ids).await,
+            Destination::Staging(staging) => mark_seen(staging.connection(), user_ids).await,
+        }
+    }
+}
+
+/// [`write_profiles`] to `destination`.
+pub(crate) async fn write_isolating(
+    destination: &mut Destination<'_>,
+    users: &[Auth0User],
+) -> Result<WriteOutcome, sqlx::Error> {
     let mut outcome = WriteOutcome::default();
     let mut pending = vec![users];
     while let Some(batch) = pending.pop() {
         if batch.is_empty() {
             continue;
         }
-        match upsert_batch(db, batch).await {
-            Ok(done) => {
+        match destination.write(batch).await {
+            Ok((done, statements)) => {
                 outcome.written.upserted += done.upserted;
                 outcome.written.kept_newer += done.kept_newer;
+                outcome.statements += statements;
             }
             Err(err) if is_row_data_error(&err) => {
+                outcome.statements += 1;
                 if let [user] = batch {
                     outcome
                         .skipped
@@ -59,7 +111,10 @@ pub async fn write_profiles(db: &PgPool, users: &[Auth0User]) -> Result<WriteOut
         }
     }
     let seen: Vec<String> = outcome.skipped.iter().map(|(id, _)| id.clone()).collect();
-    mark_seen(db, &seen).await?;
+    if !seen.is_empty() {
+        destination.mark_seen(&seen).await?;
+        outcome.statements += 1;
+    }
     Ok(outcome)
 }
 
@@ -93,133 +148,173 @@ pub struct BatchOutcome {
     pub kept_newer: u64,
 }
 
-/// Inserts or refreshes `users` rows from Auth0 profiles in one statement.
+/// The profiles of `users` with one per `user_id`: the newest (`updated_at`; unknown loses; the
+/// later of two equal ones), in the order they first appear. An export can repeat a user, and
+/// one statement cannot write a row twice.
+pub(crate) fn newest_per_user(users: &[Auth0User]) -> Vec<&Auth0User> {
+    let mut at: HashMap<&str, usize> = HashMap::with_capacity(users.len());
+    let mut kept: Vec<&Auth0User> = Vec::with_capacity(users.len());
+    for user in users {
+        match at.get(user.user_id.as_str()) {
+            Some(&i) => {
+                if user.updated_at >= kept[i].updated_at {
+                    kept[i] = user;
+                }
+            }
+            None => {
+                at.insert(&user.user_id, kept.len());
+                kept.push(user);
+            }
+        }
+    }
+    kept
+}
+
+/// The statement that merges the rows of `input` (a relation with the columns of [`COLUMNS`],
+/// one row per user) into `users`, returning how many were upserted and how many kept a newer
+/// profile. `prelude` defines `input` when it is a common table expression (`"input AS
+/// (...), "`). The rules, from the field list:
 ///
 /// - Idempotent: replaying a batch changes nothing but `synced_at`.
-/// - Never replaces a row with an older profile (`auth0_updated_at` decides; equal wins so a
-///   replay refreshes `synced_at`), yet marks such a row as seen, so the deletion pass after a full
-///   sync does not take a user whose row is newer than the export for a deleted one.
+/// - Never replaces a row with an older profile ([`Merge::Version`]; equal wins so a replay
+///   refreshes `synced_at`), yet marks such a row as seen, so the deletion pass after a full sync
+///   does not take a user whose row is newer than the export for a deleted one.
 /// - A user seen again loses `deleted_at`.
-/// - Duplicates inside a batch (an export can repeat a user) keep the newest profile.
-/// - A scalar the profile leaves unknown (`None`: absent, or a value of unknown meaning such as
-///   `"email_verified": "maybe"`) keeps the stored value, which a sign-in may have written;
-///   `last_login` only moves forward. Metadata and identities are replaced as sent.
-///
-/// One statement: a value Postgres refuses fails the whole batch (see [`write_profiles`]).
-pub async fn upsert_batch(
-    db: impl PgExecutor<'_>,
-    users: &[Auth0User],
-) -> Result<BatchOutcome, sqlx::Error> {
-    if users.is_empty() {
-        return Ok(BatchOutcome::default());
-    }
-    let n = users.len();
-    let mut ids = Vec::with_capacity(n);
-    let mut emails = Vec::with_capacity(n);
-    let mut verified = Vec::with_capacity(n);
-    let mut names = Vec::with_capacity(n);
-    let mut nicknames = Vec::with_capacity(n);
-    let mut pictures = Vec::with_capacity(n);
-    let mut blocked = Vec::with_capacity(n);
-    let mut logins = Vec::with_capacity(n);
-    let mut last_login = Vec::with_capacity(n);
-    let mut created = Vec::with_capacity(n);
-    let mut updated = Vec::with_capacity(n);
-    let mut app_metadata = Vec::with_capacity(n);
-    let mut user_metadata = Vec::with_capacity(n);
-    let mut identities = Vec::with_capacity(n);
-    let mut raw = Vec::with_capacity(n);
-    for user in users {
-        ids.push(user.user_id.as_str());
-        emails.push(user.email.as_deref());
-        verified.push(user.email_verified);
-        names.push(user.name.as_deref());
-        nicknames.push(user.nickname.as_deref());
-        pictures.push(user.picture.as_deref());
-        blocked.push(user.blocked);
-        logins.push(user.logins_count);
-        last_login.push(user.last_login);
-        created.push(user.created_at);
-        updated.push(user.updated_at);
-        // JSON travels as text and is cast in SQL: the export path already has the text.
-        app_metadata.push(user.app_metadata.as_ref().map(|v| v.to_string()));
-        user_metadata.push(user.user_metadata.as_ref().map(|v| v.to_string()));
-        identities.push(user.identities.as_ref().map(|v| v.to_string()));
-        raw.push(user.raw.as_str());
-    }
-
-    let (upserted, kept_newer): (i64, i64) = sqlx::query_as(
-        r#"
-        WITH input AS (
-            SELECT DISTINCT ON (t.user_id) t.*
-            FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::text[], $5::text[], $6::text[],
-                        $7::bool[], $8::int[], $9::timestamptz[], $10::timestamptz[],
-                        $11::timestamptz[], $12::text[], $13::text[], $14::text[], $15::text[])
-                 AS t(user_id, email, email_verified, name, nickname, picture, blocked,
-                      logins_count, last_login, auth0_created_at, auth0_updated_at,
-                      app_metadata, user_metadata, identities, raw)
-            ORDER BY t.user_id, t.auth0_updated_at DESC NULLS LAST
-        ),
+/// - [`Merge::KeepKnown`]: a value the profile leaves unknown keeps the stored one, which a
+///   sign-in may have written; [`Merge::Latest`] only moves forward; [`Merge::AsSent`] replaces.
+pub(crate) fn merge_sql(prelude: &str, input: &str) -> String {
+    let columns = COLUMNS
+        .iter()
+        .map(|c| c.name)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let set = COLUMNS
+        .iter()
+        .filter_map(|c| {
+            let n = c.name;
+            match c.merge {
+                Merge::Key => None,
+                Merge::KeepKnown | Merge::Version => {
+                    Some(format!("{n} = coalesce(EXCLUDED.{n}, u.{n})"))
+                }
+                Merge::Latest => Some(format!("{n} = greatest(EXCLUDED.{n}, u.{n})")),
+                Merge::AsSent => Some(format!("{n} = EXCLUDED.{n}")),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",\n            ");
+    let version = fields::version_column();
+    format!(
+        "WITH {prelude}
         written AS (
-            INSERT INTO users AS u (user_id, email, email_verified, name, nickname, picture,
-                                    blocked, logins_count, last_login, auth0_created_at,
-                                    auth0_updated_at, app_metadata, user_metadata, identities,
-                                    raw, synced_at, deleted_at)
-            SELECT user_id, email, email_verified, name, nickname, picture, blocked,
-                   logins_count, last_login, auth0_created_at, auth0_updated_at,
-                   app_metadata::jsonb, user_metadata::jsonb, identities::jsonb, raw::jsonb,
-                   now(), NULL
-            FROM input
+            INSERT INTO users AS u ({columns}, synced_at, deleted_at)
+            SELECT {columns}, now(), NULL FROM {input}
             ON CONFLICT (user_id) DO UPDATE SET
-                email = coalesce(EXCLUDED.email, u.email),
-                email_verified = coalesce(EXCLUDED.email_verified, u.email_verified),
-                name = coalesce(EXCLUDED.name, u.name),
-                nickname = coalesce(EXCLUDED.nickname, u.nickname),
-                picture = coalesce(EXCLUDED.picture, u.picture),
-                blocked = coalesce(EXCLUDED.blocked, u.blocked),
-                logins_count = coalesce(EXCLUDED.logins_count, u.logins_count),
-                last_login = greatest(EXCLUDED.last_login, u.last_login),
-                auth0_created_at = coalesce(EXCLUDED.auth0_created_at, u.auth0_created_at),
-                auth0_updated_at = coalesce(EXCLUDED.auth0_updated_at, u.auth0_updated_at),
-                app_metadata = EXCLUDED.app_metadata,
-                user_metadata = EXCLUDED.user_metadata,
-                identities = EXCLUDED.identities,
-                raw = EXCLUDED.raw,
-                synced_at = EXCLUDED.synced_at,
-                deleted_at = NULL
-            WHERE u.auth0_updated_at IS NULL
-               OR EXCLUDED.auth0_updated_at >= u.auth0_updated_at
+            {set},
+            synced_at = EXCLUDED.synced_at,
+            deleted_at = NULL
+            WHERE u.{version} IS NULL OR EXCLUDED.{version} >= u.{version}
             RETURNING u.user_id
         ),
         seen AS (
             -- Rows the INSERT left alone (they hold a newer profile): disjoint from `written`,
             -- so one statement may update them.
             UPDATE users AS u SET synced_at = now(), deleted_at = NULL
-            FROM input
+            FROM {input} AS input
             WHERE u.user_id = input.user_id
               AND NOT EXISTS (SELECT 1 FROM written w WHERE w.user_id = input.user_id)
             RETURNING u.user_id
         )
-        SELECT (SELECT count(*) FROM written), (SELECT count(*) FROM seen)
-        "#,
+        SELECT (SELECT count(*) FROM written), (SELECT count(*) FROM seen)"
     )
-    .bind(&ids)
-    .bind(&emails)
-    .bind(&verified)
-    .bind(&names)
-    .bind(&nicknames)
-    .bind(&pictures)
-    .bind(&blocked)
-    .bind(&logins)
-    .bind(&last_login)
-    .bind(&created)
-    .bind(&updated)
-    .bind(&app_metadata)
-    .bind(&user_metadata)
-    .bind(&identities)
-    .bind(&raw)
-    .fetch_one(db)
-    .await?;
+}
+
+/// [`merge_sql`] over the arrays of [`upsert_batch`], one a column.
+static UPSERT_FROM_ARRAYS: LazyLock<String> = LazyLock::new(|| {
+    let arrays = COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match c.sql_type {
+            // JSON travels as text: the export path already has the text.
+            "jsonb" => format!("${}::text[]::jsonb[]", i + 1),
+            sql_type => format!("${}::{sql_type}[]", i + 1),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let names = COLUMNS
+        .iter()
+        .map(|c| c.name)
+        .collect::<Vec<_>>()
+        .join(", ");
+    merge_sql(
+        &format!("input AS (SELECT * FROM UNNEST({arrays}) AS t({names})),"),
+        "input",
+    )
+});
+
+/// One column of a batch, as the array bound for it.
+enum ColumnArray<'a> {
+    Text(Vec<Option<&'a str>>),
+    Flag(Vec<Option<bool>>),
+    Count(Vec<Option<i32>>),
+    Time(Vec<Option<DateTime<Utc>>>),
+}
+
+impl<'a> ColumnArray<'a> {
+    fn of(rows: &[[Cell<'a>; COLUMNS.len()]], column: usize) -> Self {
+        let cells = rows.iter().map(|row| row[column]);
+        match rows.first().map(|row| row[column]) {
+            Some(Cell::Flag(_)) => Self::Flag(
+                cells
+                    .map(|c| if let Cell::Flag(v) = c { v } else { None })
+                    .collect(),
+            ),
+            Some(Cell::Count(_)) => Self::Count(
+                cells
+                    .map(|c| if let Cell::Count(v) = c { v } else { None })
+                    .collect(),
+            ),
+            Some(Cell::Time(_)) => Self::Time(
+                cells
+                    .map(|c| if let Cell::Time(v) = c { v } else { None })
+                    .collect(),
+            ),
+            _ => Self::Text(
+                cells
+                    .map(|c| match c {
+                        Cell::Text(v) | Cell::Json(v) => v,
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// Inserts or refreshes `users` rows from Auth0 profiles in one statement, by the rules of
+/// [`merge_sql`]. Duplicates inside a batch (an export can repeat a user) keep the newest
+/// profile ([`newest_per_user`]).
+///
+/// One statement: a value Postgres refuses fails the whole batch (see [`write_profiles`]).
+pub async fn upsert_batch(
+    db: impl PgExecutor<'_>,
+    users: &[Auth0User],
+) -> Result<BatchOutcome, sqlx::Error> {
+    let users = newest_per_user(users);
+    if users.is_empty() {
+        return Ok(BatchOutcome::default());
+    }
+    let rows: Vec<_> = users.iter().map(|user| user.cells()).collect();
+    let mut query = sqlx::query_as::<_, (i64, i64)>(UPSERT_FROM_ARRAYS.as_str());
+    for column in 0..COLUMNS.len() {
+        query = match ColumnArray::of(&rows, column) {
+            ColumnArray::Text(values) => query.bind(values),
+            ColumnArray::Flag(values) => query.bind(values),
+            ColumnArray::Count(values) => query.bind(values),
+            ColumnArray::Time(values) => query.bind(values),
+        };
+    }
+    let (upserted, kept_newer) = query.fetch_one(db).await?;
     Ok(BatchOutcome {
         upserted: u64::try_from(upserted).unwrap_or_default(),
         kept_newer: u64::try_from(kept_newer).unwrap_or_default(),
@@ -289,28 +384,8 @@ pub async fn purge_deleted(db: impl PgExecutor<'_>, after_days: u32) -> Result<u
     Ok(result.rows_affected())
 }
 
-/// A row of `users` as the admin page and API read it.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct UserRow {
-    pub user_id: String,
-    pub email: Option<String>,
-    pub email_verified: Option<bool>,
-    pub name: Option<String>,
-    pub nickname: Option<String>,
-    pub picture: Option<String>,
-    pub blocked: Option<bool>,
-    pub logins_count: Option<i32>,
-    pub last_login: Option<DateTime<Utc>>,
-    pub auth0_created_at: Option<DateTime<Utc>>,
-    pub auth0_updated_at: Option<DateTime<Utc>>,
-    pub first_seen_at: DateTime<Utc>,
-    pub synced_at: Option<DateTime<Utc>>,
-    pub deleted_at: Option<DateTime<Utc>>,
-}
-
 /// The columns of [`UserRow`], for `SELECT`s.
-pub(crate) const USER_COLUMNS: &str = "user_id, email, email_verified, name, nickname, picture, blocked, \
-     logins_count, last_login, auth0_created_at, auth0_updated_at, first_seen_at, synced_at, deleted_at";
+pub(crate) const USER_COLUMNS: &str = super::fields::USER_ROW_COLUMNS;
 
 pub async fn get(db: &PgPool, user_id: &str) -> Result<Option<UserRow>, sqlx::Error> {
     // Postgres text cannot hold NUL, so no stored id contains one.

@@ -26,4 +26,5 @@ mod second_provider;
 mod sign_in_tabs;
 mod streams;
 mod sync;
+mod sync_export;
 mod webdriver;

@@ -19,10 +19,10 @@ use sqlx::{PgPool, postgres::PgPoolOptions};
 use crate::helpers::cluster;
 
 /// A database of its own (dropped afterwards) and an emulated tenant.
-struct Fixture {
-    emulator: Emulator,
-    db: PgPool,
-    syncer: Syncer,
+pub(crate) struct Fixture {
+    pub(crate) emulator: Emulator,
+    pub(crate) db: PgPool,
+    pub(crate) syncer: Syncer,
     db_name: String,
 }
 
@@ -33,7 +33,7 @@ impl Drop for Fixture {
     }
 }
 
-fn fast_api_options() -> ApiOptions {
+pub(crate) fn fast_api_options() -> ApiOptions {
     ApiOptions {
         request_timeout: Duration::from_secs(2),
         backoff_base: Duration::from_millis(20),
@@ -42,7 +42,7 @@ fn fast_api_options() -> ApiOptions {
     }
 }
 
-async fn fixture(seed: usize) -> Fixture {
+pub(crate) async fn fixture(seed: usize) -> Fixture {
     fixture_with(seed, fast_api_options(), SyncOptions::default()).await
 }
 
@@ -56,7 +56,7 @@ async fn no_overlap_fixture(seed: usize) -> Fixture {
     fixture_with(seed, fast_api_options(), options).await
 }
 
-async fn fixture_with(seed: usize, api: ApiOptions, options: SyncOptions) -> Fixture {
+pub(crate) async fn fixture_with(seed: usize, api: ApiOptions, options: SyncOptions) -> Fixture {
     fixture_on(EmulatorConfig::for_tests(), seed, api, options).await
 }
 
@@ -111,7 +111,7 @@ async fn fixture_on(
 
 impl Fixture {
     /// Creates a run and executes it here (as `quotebook sync` does).
-    async fn sync(&self, mode: SyncMode) -> SyncRun {
+    pub(crate) async fn sync(&self, mode: SyncMode) -> SyncRun {
         let run = foreground::sync_in_foreground(&self.syncer, mode, false)
             .await
             .expect("sync runs");
@@ -124,20 +124,20 @@ impl Fixture {
         run
     }
 
-    async fn count(&self, sql: &str) -> i64 {
+    pub(crate) async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
             .fetch_one(&self.db)
             .await
             .expect("count query")
     }
 
-    async fn live_users(&self) -> i64 {
+    pub(crate) async fn live_users(&self) -> i64 {
         self.count("SELECT count(*) FROM users WHERE deleted_at IS NULL")
             .await
     }
 
     /// Every emulator user is in the table with its email and `updated_at`.
-    async fn assert_mirrors_tenant(&self) {
+    pub(crate) async fn assert_mirrors_tenant(&self) {
         let expected = self.emulator.users().count() as i64;
         assert_eq!(self.live_users().await, expected);
         let rows: Vec<(String, Option<String>, Option<DateTime<Utc>>)> = sqlx::query_as(
@@ -217,7 +217,12 @@ async fn full_sync_of_1001_users_uses_an_export() {
 #[tokio::test]
 async fn full_sync_of_5000_users_uses_an_export() {
     let (f, run) = full_sync_of(5000).await;
-    assert_eq!(run.pages, 5, "five batches of 1000");
+    let batch = SyncOptions::default().batch_size;
+    assert_eq!(
+        run.pages as usize,
+        5000_usize.div_ceil(batch),
+        "batches of {batch}"
+    );
     assert!(f.emulator.faults().management_requests() < 20);
     // Idempotent: a second full sync changes nothing and deletes nobody.
     let again = f.sync(SyncMode::Full).await;
@@ -840,27 +845,32 @@ async fn dirty_profiles_in_an_export_are_stored_clean_or_skipped() {
     assert_dirty_profiles_stored_clean(&f).await;
 }
 
-#[tokio::test]
-async fn a_profile_postgres_refuses_is_isolated_and_its_batch_still_written() {
-    let f = fixture(0).await;
-    let user = |i: usize| {
-        Auth0User::parse(&format!(r#"{{"user_id":"auth0|{i}","name":"n{i}"}}"#)).unwrap()
-    };
-    let mut batch: Vec<Auth0User> = (0..10).map(user).collect();
-    // Values that reach Postgres unchecked (built by hand, not parsed): a NUL in text (22021)
-    // and an id too large for the primary key's index (54000).
+/// A profile whose user is numbered `i`.
+pub(crate) fn numbered_user(i: usize) -> Auth0User {
+    Auth0User::parse(&format!(r#"{{"user_id":"auth0|{i}","name":"n{i}"}}"#)).unwrap()
+}
+
+/// Ten profiles, two of them holding values that reach Postgres unchecked (built by hand, not
+/// parsed): a NUL in text (22021) and an id too large for the primary key's index (54000). The
+/// first one's user was seen before, so being skipped must not make it look deleted.
+pub(crate) async fn batch_with_refused_values(f: &Fixture) -> Vec<Auth0User> {
+    let mut batch: Vec<Auth0User> = (0..10).map(numbered_user).collect();
     batch[3].name = Some("bad\0name".into());
     let incompressible: String = (0..2000).map(|_| crate::helpers::random_suffix()).collect();
     // (`z` sorts it after `auth0|3`, which the assertions below expect first.)
     batch[7].user_id = format!("auth0|z{incompressible}");
-    // Seen before, so being skipped must not make it look deleted.
     sqlx::query(
         "INSERT INTO users (user_id, synced_at) VALUES ('auth0|3', now() - interval '1 day')",
     )
     .execute(&f.db)
     .await
     .unwrap();
-    let outcome = store::write_profiles(&f.db, &batch).await.unwrap();
+    batch
+}
+
+/// The two refused profiles of [`batch_with_refused_values`] were skipped, the eight others
+/// written, and the skipped user seen before is marked as seen again.
+pub(crate) async fn assert_refused_values_isolated(f: &Fixture, outcome: &store::WriteOutcome) {
     assert_eq!(outcome.written.upserted, 8);
     let skipped: Vec<&str> = outcome.skipped.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(skipped.len(), 2);
@@ -878,6 +888,14 @@ async fn a_profile_postgres_refuses_is_isolated_and_its_batch_still_written() {
         1,
         "a skipped user is still marked as seen"
     );
+}
+
+#[tokio::test]
+async fn a_profile_postgres_refuses_is_isolated_and_its_batch_still_written() {
+    let f = fixture(0).await;
+    let batch = batch_with_refused_values(&f).await;
+    let outcome = store::write_profiles(&f.db, &batch).await.unwrap();
+    assert_refused_values_isolated(&f, &outcome).await;
 }
 
 #[tokio::test]
