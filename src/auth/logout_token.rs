@@ -69,7 +69,8 @@ pub fn check_claims(
             None => return reject("exp is not a number"),
         },
     };
-    if exp.is_some_and(|exp| exp + LEEWAY_SECS <= expected.now) {
+    // Saturating: `exp` may be any number a signed token carries (`1e300` becomes i64::MAX).
+    if exp.is_some_and(|exp| exp.saturating_add(LEEWAY_SECS) <= expected.now) {
         return reject("the token has expired");
     }
     match claims.get("events") {
@@ -100,7 +101,7 @@ pub fn check_claims(
         sid,
         sub,
         replayable_until: exp.map_or(latest_accepted, |exp| {
-            latest_accepted.min(exp + LEEWAY_SECS)
+            latest_accepted.min(exp.saturating_add(LEEWAY_SECS))
         }),
     })
 }
@@ -164,6 +165,19 @@ mod tests {
         let mut typed_aud = good();
         typed_aud["aud"] = json!(["app"]);
         assert!(check_claims(&claims(typed_aud), &EXPECTED).is_ok());
+    }
+
+    #[test]
+    fn numbers_at_the_ends_of_the_range_are_read_without_overflow() {
+        let mut far = good();
+        far["exp"] = json!(1e300);
+        let token = check_claims(&claims(far), &EXPECTED).unwrap();
+        assert_eq!(token.replayable_until, 1_000 + MAX_AGE_SECS + LEEWAY_SECS);
+        for iat in [json!(-1e300), json!(1e300)] {
+            let mut odd = good();
+            odd["iat"] = iat;
+            assert!(check_claims(&claims(odd), &EXPECTED).is_err());
+        }
     }
 
     #[test]

@@ -43,7 +43,8 @@ struct State {
     claims: serde_json::Map<String, serde_json::Value>,
     login_denial: Option<String>,
     token_response: Option<String>,
-    cut_download: Option<usize>,
+    /// Where downloads break off, and how many more will.
+    cut_download: Option<(usize, usize)>,
 }
 
 /// Fault switches; shared by the emulator's handlers.
@@ -86,12 +87,21 @@ impl Faults {
     /// dropped halfway through a large download does: the client must fetch the job again
     /// for a fresh location and resume.
     pub fn cut_next_download(&self, bytes: usize) {
-        self.state().cut_download = Some(bytes);
+        self.cut_next_downloads(bytes, 1);
+    }
+
+    /// The next `n` export downloads each break off after `bytes` bytes of the file (a
+    /// connection that keeps dropping: a client that resumes gets no further).
+    pub fn cut_next_downloads(&self, bytes: usize, n: usize) {
+        self.state().cut_download = (n > 0).then_some((bytes, n));
     }
 
     pub(crate) fn take_download_cut(&self) -> Option<usize> {
         self.export_downloads.fetch_add(1, Ordering::Relaxed);
-        self.state().cut_download.take()
+        let mut state = self.state();
+        let (bytes, left) = state.cut_download?;
+        state.cut_download = (left > 1).then_some((bytes, left - 1));
+        Some(bytes)
     }
 
     /// Export downloads served so far (whole or cut).

@@ -390,3 +390,54 @@ async fn an_export_completes_through_a_pool_of_two_or_three_connections() {
     }
     f.assert_mirrors_tenant().await;
 }
+
+#[tokio::test]
+async fn an_export_that_fails_halfway_still_signs_out_the_blocked_users_it_wrote() {
+    let f = fixture_with(0, fast_api_options(), many_writers()).await;
+    let users = f.emulator.users();
+    // Early in the file (created before the crowd), so in the part every download delivers.
+    let blocked = users
+        .create(NewUser::with_email("blocked-early@example.com"))
+        .unwrap();
+    users
+        .update(
+            &blocked.user_id,
+            UserPatch {
+                blocked: Some(true),
+                ..UserPatch::default()
+            },
+        )
+        .unwrap();
+    users.seed(3000);
+    sqlx::query(
+        "INSERT INTO sessions (id, expires_at, data, user_id)
+         VALUES ('session-of-the-blocked', now() + interval '1 hour', '{}', $1)",
+    )
+    .bind(&blocked.user_id)
+    .execute(&f.db)
+    .await
+    .unwrap();
+    // Every download breaks off a third of the way: no attempt gets to the run's end.
+    f.emulator.faults().cut_next_downloads(120_000, 1_000);
+    let run = quotebook::users::foreground::sync_in_foreground(&f.syncer, SyncMode::Full, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        run.status,
+        quotebook::users::sync_runs::RunStatus::Failed,
+        "{:?}",
+        run.error
+    );
+    let stored: Option<bool> = sqlx::query_scalar("SELECT blocked FROM users WHERE user_id = $1")
+        .bind(&blocked.user_id)
+        .fetch_one(&f.db)
+        .await
+        .unwrap();
+    assert_eq!(stored, Some(true), "the batch holding them was written");
+    assert_eq!(
+        f.count("SELECT count(*) FROM sessions WHERE id = 'session-of-the-blocked'")
+            .await,
+        0,
+        "signed out by the batch that wrote them, not by a run's end that never came"
+    );
+}

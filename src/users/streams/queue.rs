@@ -132,7 +132,10 @@ pub async fn record_log_events(
         .map(|e| (e.log_id.as_str(), e.type_code, e.user_id.as_str(), e.date));
     let recorded = record(&mut tx, Stream::Logs, rows).await?;
     let users: HashSet<&str> = recorded.iter().map(|(_, user)| user.as_str()).collect();
-    let users: Vec<&str> = users.into_iter().collect();
+    let mut users: Vec<&str> = users.into_iter().collect();
+    // Rows locked in one order by every delivery: two that name the same users wait for each
+    // other instead of deadlocking.
+    users.sort_unstable();
     let to_refresh = waiting_refreshes(&mut tx, &users).await?;
     let jobs = to_refresh
         .iter()
@@ -154,6 +157,10 @@ async fn record<'a>(
     stream: Stream,
     rows: impl Iterator<Item = (&'a str, &'a str, &'a str, Option<DateTime<Utc>>)>,
 ) -> Result<Vec<(String, String)>, sqlx::Error> {
+    // In id order, so two deliveries that repeat each other's changes insert (and wait for
+    // each other's keys) in the same order, never in a cycle.
+    let mut rows: Vec<_> = rows.collect();
+    rows.sort_unstable_by_key(|(id, ..)| *id);
     let (mut ids, mut types, mut users, mut times) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (id, ty, user_id, at) in rows {

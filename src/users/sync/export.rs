@@ -245,7 +245,9 @@ impl Syncer {
                 // Dropping the writers rolls back what they have under way.
                 Err(err) => return Err((written.lines, err)),
             };
-            self.account(run_id, outcome, progress);
+            if let Err(err) = self.account_and_revoke(run_id, outcome, progress).await {
+                return Err((written.lines, err));
+            }
             progress.pages += 1;
             written.add(batch.seq, batch.lines_read);
             tracing::debug!(

@@ -249,15 +249,21 @@ impl Syncer {
         progress: &mut Progress,
     ) -> Result<(), SyncError> {
         let written = write_to(&mut Destination::Statement(&self.db), users, unusable).await?;
+        self.account_and_revoke(run_id, written, progress).await
+    }
+
+    /// [`Self::account`], then ends the sessions of the users the write found blocked: now, not
+    /// at their sessions' expiry, nor only if the run gets to its end.
+    async fn account_and_revoke(
+        &self,
+        run_id: i64,
+        mut written: Written,
+        progress: &mut Progress,
+    ) -> Result<(), SyncError> {
+        let blocked = std::mem::take(&mut written.blocked);
         self.account(run_id, written, progress);
-        // A user found blocked loses every session now, not at their sessions' expiry. (An
-        // export's batches skip this: its run ends with `after_full`, which ends them all.)
-        let blocked: Vec<&str> = users
-            .iter()
-            .filter(|u| u.blocked == Some(true))
-            .map(|u| u.user_id.as_str())
-            .collect();
         if !blocked.is_empty() {
+            let blocked: Vec<&str> = blocked.iter().map(String::as_str).collect();
             revocation::end_sessions_of_revoked_users(&self.db, &blocked).await?;
             self.count_sql(1);
         }
@@ -335,6 +341,8 @@ pub(super) struct Written {
     upserted: u64,
     /// Profiles not stored: the `user_id` when known, and why.
     skipped: Vec<(Option<String>, String)>,
+    /// The users whose profile says blocked (their row decides whether sessions end).
+    blocked: Vec<String>,
     statements: u64,
 }
 
@@ -352,6 +360,11 @@ pub(super) async fn write_to(
         skipped: unusable
             .into_iter()
             .map(|u| (u.user_id, u.reason))
+            .collect(),
+        blocked: users
+            .iter()
+            .filter(|u| u.blocked == Some(true))
+            .map(|u| u.user_id.clone())
             .collect(),
         statements: 0,
     };
