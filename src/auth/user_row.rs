@@ -25,7 +25,8 @@ pub async fn upsert_from_login(db: &PgPool, login: &VerifiedLogin) -> Result<(),
              picture = COALESCE(EXCLUDED.picture, users.picture),
              last_login = now(),
              -- Signing in proves the account exists again.
-             deleted_at = NULL",
+             deleted_at = NULL,
+             auth0_deleted_at = NULL",
     )
     .bind(&login.sub)
     .bind(login.profile.email.as_deref().map(storable::text))

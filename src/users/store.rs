@@ -131,7 +131,11 @@ pub async fn mark_seen(db: impl PgExecutor<'_>, user_ids: &[String]) -> Result<u
         return Ok(0);
     }
     let result = sqlx::query(
-        "UPDATE users SET synced_at = now(), deleted_at = NULL WHERE user_id = ANY($1)",
+        // A deletion Auth0 reported stays: without a readable profile there is no version to
+        // tell a stale listing from the user created again.
+        "UPDATE users SET synced_at = now(),
+             deleted_at = CASE WHEN auth0_deleted_at IS NOT NULL THEN deleted_at END
+         WHERE user_id = ANY($1)",
     )
     .bind(&ids)
     .execute(db)
@@ -179,7 +183,9 @@ pub(crate) fn newest_per_user(users: &[Auth0User]) -> Vec<&Auth0User> {
 /// - Never replaces a row with an older profile ([`Merge::Version`]; equal wins so a replay
 ///   refreshes `synced_at`), yet marks such a row as seen, so the deletion pass after a full sync
 ///   does not take a user whose row is newer than the export for a deleted one.
-/// - A user seen again loses `deleted_at`.
+/// - A user seen again loses `deleted_at`, unless Auth0 reported the deletion
+///   (`auth0_deleted_at`) no earlier than the profile's `updated_at`: a listing made before
+///   the deletion (an export under way when `user.deleted` arrived) says nothing against it.
 /// - [`Merge::KeepKnown`]: a value the profile leaves unknown keeps the stored one, which a
 ///   sign-in may have written; [`Merge::Latest`] only moves forward; [`Merge::AsSent`] replaces.
 pub(crate) fn merge_sql(prelude: &str, input: &str) -> String {
@@ -212,14 +218,18 @@ pub(crate) fn merge_sql(prelude: &str, input: &str) -> String {
             ON CONFLICT (user_id) DO UPDATE SET
             {set},
             synced_at = EXCLUDED.synced_at,
-            deleted_at = NULL
+            deleted_at = CASE WHEN u.auth0_deleted_at >= EXCLUDED.{version} THEN u.deleted_at END,
+            auth0_deleted_at =
+                CASE WHEN u.auth0_deleted_at >= EXCLUDED.{version} THEN u.auth0_deleted_at END
             WHERE u.{version} IS NULL OR EXCLUDED.{version} >= u.{version}
             RETURNING u.user_id
         ),
         seen AS (
             -- Rows the INSERT left alone (they hold a newer profile): disjoint from `written`,
             -- so one statement may update them.
-            UPDATE users AS u SET synced_at = now(), deleted_at = NULL
+            UPDATE users AS u SET synced_at = now(),
+                deleted_at = CASE WHEN u.auth0_deleted_at >= input.{version}
+                    THEN u.deleted_at END
             FROM {input} AS input
             WHERE u.user_id = input.user_id
               AND NOT EXISTS (SELECT 1 FROM written w WHERE w.user_id = input.user_id)

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use quotebook::users::staging::StagingTable;
 use quotebook::{
     config::Secret,
     emulator::{Emulator, EmulatorConfig, NewUser, UserPatch},
@@ -423,6 +424,65 @@ async fn a_newer_row_is_never_replaced_by_an_older_profile() {
     assert_eq!(row.name.as_deref(), Some("new"));
     assert!(row.deleted_at.is_none(), "seen again: no longer deleted");
     assert!(row.synced_at.unwrap() > Utc::now() - chrono::Duration::minutes(1));
+}
+
+#[tokio::test]
+async fn a_deletion_auth0_reported_outlives_older_listings_but_not_the_user_created_again() {
+    let f = fixture(0).await;
+    let profile = |id: &str, updated: &str| {
+        Auth0User::parse(&format!(
+            r#"{{"user_id":"{id}","name":"n","updated_at":"{updated}"}}"#
+        ))
+        .unwrap()
+    };
+    let deleted_at: DateTime<Utc> = "2025-01-10T00:00:00Z".parse().unwrap();
+    let ids = ["auth0|statement", "auth0|staged", "auth0|unreadable"];
+    for id in ids {
+        store::upsert_batch(&f.db, &[profile(id, "2025-01-01T00:00:00.000Z")])
+            .await
+            .unwrap();
+        // `user.deleted` (or a 404 on a refresh) while an export made before it is under way.
+        quotebook::users::streams::apply::deletion(&f.db, id, None, deleted_at)
+            .await
+            .unwrap();
+    }
+    let deleted = |id: &'static str| {
+        let db = f.db.clone();
+        async move {
+            let row = store::get(&db, id).await.unwrap().unwrap();
+            row.deleted_at.is_some()
+        }
+    };
+
+    // The export's lines, as old as the row (a stale listing) or older: every write path.
+    store::upsert_batch(&f.db, &[profile(ids[0], "2025-01-01T00:00:00.000Z")])
+        .await
+        .unwrap();
+    let mut staging = StagingTable::open(&f.db).await.unwrap();
+    staging
+        .write(&[profile(ids[1], "2024-06-01T00:00:00.000Z")])
+        .await
+        .unwrap();
+    store::mark_seen(&f.db, &[ids[2].to_owned()]).await.unwrap();
+    for id in ids {
+        assert!(deleted(id).await, "{id}: a listing older than the deletion");
+    }
+
+    // Created again under the same id: a profile newer than the deletion brings them back.
+    staging
+        .write(&[profile(ids[1], "2025-02-01T00:00:00.000Z")])
+        .await
+        .unwrap();
+    assert!(!deleted(ids[1]).await, "created again");
+    let cleared: Option<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT auth0_deleted_at FROM users WHERE user_id = $1")
+            .bind(ids[1])
+            .fetch_one(&f.db)
+            .await
+            .unwrap();
+    assert_eq!(cleared, None, "the old deletion no longer counts");
+    // A deletion only the sync inferred (the user missing from an export) is undone by any
+    // sighting, as before (`a_newer_row_is_never_replaced_by_an_older_profile`).
 }
 
 #[tokio::test]

@@ -120,9 +120,18 @@ pub async fn deletion(
         return Ok(unchanged(Applied::DeletionStale));
     }
     if row.is_some_and(|r| r.deleted_at.is_some()) {
+        // Marked deleted already (by an earlier delivery or the sync): the row stays as it is
+        // but for the evidence, which a sync's older listing must not overrule, and no session
+        // of the user may outlive the news.
+        sqlx::query(
+            "UPDATE users SET auth0_deleted_at = greatest(auth0_deleted_at, $2)
+             WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .bind(deleted_at)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
-        // Marked deleted already (by an earlier delivery or the sync): the row stays as it is,
-        // and no session of the user may outlive the news.
         let sessions_ended = crate::auth::revocation::end_sessions_of(db, user_id).await?;
         return Ok(Outcome {
             applied: Applied::DeletionStale,
@@ -145,7 +154,7 @@ pub async fn deletion(
             None => insert_bare(&mut tx, user_id).await?,
         }
     }
-    sqlx::query("UPDATE users SET deleted_at = $2 WHERE user_id = $1")
+    sqlx::query("UPDATE users SET deleted_at = $2, auth0_deleted_at = $2 WHERE user_id = $1")
         .bind(user_id)
         .bind(deleted_at)
         .execute(&mut *tx)
