@@ -94,14 +94,7 @@ async fn bench(
     reports: &Mutex<Vec<String>>,
 ) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("quotebook-bench-{}", std::process::id()));
-    let (local, server) = match std::env::var("DATABASE_URL") {
-        Ok(url) => (None, db::options_from_url(&url)?),
-        Err(_) => {
-            let local = tokio::task::block_in_place(|| LocalPostgres::start(&dir))?;
-            let server = local.connect_options("postgres");
-            (Some(local), server)
-        }
-    };
+    let (local, server) = tokio::task::block_in_place(|| LocalPostgres::from_env_or_start(&dir))?;
     let name = format!("qb_bench_{}", std::process::id());
     let mut admin = server.connect().await?;
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))

@@ -144,6 +144,22 @@ impl LocalPostgres {
         Ok(cluster)
     }
 
+    /// A server for throwaway databases (benchmarks): the one `DATABASE_URL` names, else a
+    /// cluster started in `data_dir`, returned so the caller stops it. Blocks while a cluster
+    /// starts.
+    pub fn from_env_or_start(
+        data_dir: &Path,
+    ) -> anyhow::Result<(Option<LocalPostgres>, PgConnectOptions)> {
+        match std::env::var("DATABASE_URL") {
+            Ok(url) => Ok((None, crate::db::options_from_url(&url)?)),
+            Err(_) => {
+                let local = Self::start(data_dir)?;
+                let server = local.connect_options("postgres");
+                Ok((Some(local), server))
+            }
+        }
+    }
+
     /// Connection options for `database` on this cluster.
     pub fn connect_options(&self, database: &str) -> PgConnectOptions {
         PgConnectOptions::new_without_pgpass()

@@ -86,14 +86,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let dir = std::env::temp_dir().join(format!("quotebook-search-bench-{}", std::process::id()));
-    let (local, server) = match std::env::var("DATABASE_URL") {
-        Ok(url) => (None, db::options_from_url(&url)?),
-        Err(_) => {
-            let local = tokio::task::block_in_place(|| LocalPostgres::start(&dir))?;
-            let server = local.connect_options("postgres");
-            (Some(local), server)
-        }
-    };
+    let (local, server) = tokio::task::block_in_place(|| LocalPostgres::from_env_or_start(&dir))?;
     let result = bench(&server, &locale, users, runs, verbose, refill).await;
     if let Some(local) = local {
         tokio::task::block_in_place(|| local.stop());
