@@ -193,6 +193,12 @@ async fn full_sync(
                 elapsed.as_secs_f64(),
                 waited.as_secs_f64(),
             );
+            if let Some(took) = syncer.take_search_indexes_build_time() {
+                println!(
+                    "  of which building the admin search's indexes after the load: {:.2}s",
+                    took.as_secs_f64()
+                );
+            }
             for line in export_reports(reports).iter().skip(exports_before) {
                 println!("  emulator: {line}");
             }

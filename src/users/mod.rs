@@ -13,6 +13,7 @@ pub mod fields;
 pub mod foreground;
 pub mod job;
 pub mod search;
+pub mod search_indexes;
 pub mod staging;
 pub mod storable;
 pub mod store;

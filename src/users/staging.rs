@@ -12,6 +12,8 @@
 
 use std::sync::LazyLock;
 
+use chrono::{DateTime, Utc};
+
 use sqlx::{Connection, PgConnection, PgPool, pool::PoolConnection};
 
 use super::{
@@ -50,9 +52,23 @@ static COPY_IN: LazyLock<String> = LazyLock::new(|| {
 
 static MERGE: LazyLock<String> = LazyLock::new(|| merge_sql("", "sync_staging"));
 
+/// Straight into `users`, for a batch of users it does not hold: what the merge would write
+/// for them (the profile, `synced_at` = the transaction's `now()`, the other columns their
+/// defaults), without the staging table and the merge's conflict checks.
+static COPY_NEW_USERS: LazyLock<String> = LazyLock::new(|| {
+    let columns = COLUMNS
+        .iter()
+        .map(|c| c.name)
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("COPY users ({columns}, synced_at) FROM STDIN (FORMAT binary)")
+});
+
 /// A session with the staging table; see the module documentation.
 pub struct StagingTable {
     conn: PoolConnection<sqlx::Postgres>,
+    direct_copy: DirectCopy,
+    batches_copied: u64,
 }
 
 impl StagingTable {
@@ -70,7 +86,22 @@ impl StagingTable {
         sqlx::query(CREATE_TABLE.as_str())
             .execute(&mut *conn)
             .await?;
-        Ok(Self { conn })
+        Ok(Self {
+            conn,
+            direct_copy: DirectCopy::Off,
+            batches_copied: 0,
+        })
+    }
+
+    /// For a bulk load (the first sync of a tenant, when most users are new): a batch of new
+    /// users only is copied straight into `users` ([`DirectCopy`]).
+    pub fn copy_new_users_directly(&mut self, how: DirectCopy) {
+        self.direct_copy = how;
+    }
+
+    /// Batches copied straight into `users` so far ([`Self::copy_new_users_directly`]).
+    pub fn batches_copied(&self) -> u64 {
+        self.batches_copied
     }
 
     pub(crate) fn connection(&mut self) -> &mut PgConnection {
@@ -99,24 +130,19 @@ impl StagingTable {
         // wait for each other rather than deadlock. Should they still meet in a cycle, the
         // batch fails as a whole and the download resumes before it.
         users.sort_unstable_by(|a, b| a.user_id.cmp(&b.user_id));
-        let mut tx = self.conn.begin().await?;
-        let mut copy = tx.copy_in_raw(COPY_IN.as_str()).await?;
-        let mut data = Vec::with_capacity(SEND_BYTES + 64 * 1024);
-        data.extend_from_slice(BINARY_HEADER);
-        for user in users {
-            if let Err(err) = encode_row(&mut data, user) {
-                // Ends the COPY cleanly, so the connection stays usable for the halves.
-                copy.abort("a value too large to send").await?;
-                return Err(err);
-            }
-            if data.len() >= SEND_BYTES {
-                copy.send(data.as_slice()).await?;
-                data.clear();
-            }
+        if self.direct_copy != DirectCopy::Off
+            && let Some(copied) = self.copy_if_new(&users).await?
+        {
+            self.batches_copied += 1;
+            let outcome = BatchOutcome {
+                upserted: copied,
+                kept_newer: 0,
+            };
+            // BEGIN, the check, COPY, COMMIT.
+            return Ok((outcome, 4));
         }
-        data.extend_from_slice(BINARY_TRAILER);
-        copy.send(data).await?;
-        copy.finish().await?;
+        let mut tx = self.conn.begin().await?;
+        copy_rows(&mut tx, COPY_IN.as_str(), &users, None).await?;
         // Planned anew for every batch: a plan kept from the first batch, made while `users` was
         // small, would scan the whole table to join it with each later batch.
         let (upserted, kept_newer): (i64, i64) = sqlx::query_as(MERGE.as_str())
@@ -131,16 +157,106 @@ impl StagingTable {
         // BEGIN, COPY, the merge, COMMIT.
         Ok((outcome, 4))
     }
+
+    /// [`Self::copy_new_users_directly`] for one batch: `Ok(None)` when `users` holds one of
+    /// them (nothing is written then).
+    async fn copy_if_new(&mut self, users: &[&Auth0User]) -> Result<Option<u64>, sqlx::Error> {
+        let mut tx = self.conn.begin().await?;
+        // The merge's `synced_at`: its transaction's `now()`.
+        let now: DateTime<Utc> = if self.direct_copy == DirectCopy::WhenNew {
+            let ids: Vec<&str> = users.iter().map(|u| u.user_id.as_str()).collect();
+            let (now, known): (DateTime<Utc>, bool) = sqlx::query_as(
+                "SELECT now(), EXISTS (SELECT 1 FROM users WHERE user_id = ANY($1))",
+            )
+            .bind(&ids)
+            .fetch_one(&mut *tx)
+            .await?;
+            if known {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+            now
+        } else {
+            sqlx::query_scalar("SELECT now()")
+                .fetch_one(&mut *tx)
+                .await?
+        };
+        match copy_rows(&mut tx, COPY_NEW_USERS.as_str(), users, Some(now)).await {
+            Ok(copied) => {
+                tx.commit().await?;
+                Ok(Some(copied))
+            }
+            // unique_violation: a sign-in or another writer wrote one of them meanwhile.
+            Err(sqlx::Error::Database(err)) if err.code().as_deref() == Some("23505") => {
+                tx.rollback().await?;
+                self.direct_copy = DirectCopy::WhenNew;
+                Ok(None)
+            }
+            Err(err) => Err(err),
+        }
+    }
+}
+
+/// How a bulk load's writer copies a batch straight into `users`, skipping the staging table
+/// and the merge: about 40% of Postgres' work a row (1,000,000 rows on the 2-core machine:
+/// 25 s by `COPY` into `users`, 44 s through the staging table). What it writes is what the
+/// merge writes for users `users` does not hold: the profile, `synced_at` = the transaction's
+/// `now()`, the other columns their defaults. A batch that holds a known user is merged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectCopy {
+    /// Every batch through the staging table and the merge.
+    Off,
+    /// After checking that `users` holds none of the batch's users: for a table that held
+    /// some when the run began. A user written meanwhile (a unique violation) sends the batch
+    /// to the merge.
+    WhenNew,
+    /// At once, for a table that was empty when the run began: only a user written meanwhile
+    /// (a sign-in) or one the export repeats can be known, and its unique violation sends the
+    /// batch to the merge and the writer to [`Self::WhenNew`]. Checking costs Postgres a sort
+    /// and an index probe per user, about 10% of a row's work.
+    Optimistic,
+}
+
+/// Streams `users` into `copy_sql` (a binary `COPY ... FROM STDIN`), each row followed by
+/// `synced_at` when given; returns the rows copied.
+async fn copy_rows(
+    conn: &mut PgConnection,
+    copy_sql: &str,
+    users: &[&Auth0User],
+    synced_at: Option<DateTime<Utc>>,
+) -> Result<u64, sqlx::Error> {
+    let mut copy = conn.copy_in_raw(copy_sql).await?;
+    let mut data = Vec::with_capacity(SEND_BYTES + 64 * 1024);
+    data.extend_from_slice(BINARY_HEADER);
+    for user in users {
+        if let Err(err) = encode_row(&mut data, user, synced_at) {
+            // Ends the COPY cleanly, so the connection stays usable for the halves.
+            copy.abort("a value too large to send").await?;
+            return Err(err);
+        }
+        if data.len() >= SEND_BYTES {
+            copy.send(data.as_slice()).await?;
+            data.clear();
+        }
+    }
+    data.extend_from_slice(BINARY_TRAILER);
+    copy.send(data).await?;
+    copy.finish().await
 }
 
 /// Appends one tuple of the binary COPY format: the field count, then each field as its length
 /// (-1 for NULL) and its value in the type's binary form (`text`: UTF-8; `boolean`: one byte;
 /// `integer`: 4 bytes big-endian; `timestamptz`: 8 bytes of microseconds since 2000; `jsonb`:
 /// version 1, then the JSON text).
-fn encode_row(out: &mut Vec<u8>, user: &Auth0User) -> Result<(), sqlx::Error> {
+fn encode_row(
+    out: &mut Vec<u8>,
+    user: &Auth0User,
+    then: Option<DateTime<Utc>>,
+) -> Result<(), sqlx::Error> {
     let cells = user.cells();
-    out.extend_from_slice(&(cells.len() as i16).to_be_bytes());
-    for cell in cells {
+    let count = cells.len() + usize::from(then.is_some());
+    out.extend_from_slice(&(count as i16).to_be_bytes());
+    for cell in cells.into_iter().chain(then.map(|at| Cell::Time(Some(at)))) {
         match cell {
             Cell::Text(Some(text)) => field(out, &[text.as_bytes()])?,
             Cell::Flag(Some(flag)) => field(out, &[&[u8::from(flag)]])?,

@@ -76,6 +76,13 @@ impl Destination<'_> {
             Destination::Staging(staging) => mark_seen(staging.connection(), user_ids).await,
         }
     }
+
+    async fn mark_blocked(&mut self, users: &[&Auth0User]) -> Result<u64, sqlx::Error> {
+        match self {
+            Destination::Statement(db) => mark_blocked(*db, users).await,
+            Destination::Staging(staging) => mark_blocked(staging.connection(), users).await,
+        }
+    }
 }
 
 /// [`write_profiles`] to `destination`.
@@ -84,6 +91,7 @@ pub(crate) async fn write_isolating(
     users: &[Auth0User],
 ) -> Result<WriteOutcome, sqlx::Error> {
     let mut outcome = WriteOutcome::default();
+    let mut refused = Vec::new();
     let mut pending = vec![users];
     while let Some(batch) = pending.pop() {
         if batch.is_empty() {
@@ -101,6 +109,7 @@ pub(crate) async fn write_isolating(
                     outcome
                         .skipped
                         .push((user.user_id.clone(), err.to_string()));
+                    refused.push(user);
                 } else {
                     let (a, b) = batch.split_at(batch.len() / 2);
                     pending.push(b);
@@ -113,6 +122,10 @@ pub(crate) async fn write_isolating(
     let seen: Vec<String> = outcome.skipped.iter().map(|(id, _)| id.clone()).collect();
     if !seen.is_empty() {
         destination.mark_seen(&seen).await?;
+        outcome.statements += 1;
+    }
+    if refused.iter().any(|user| user.blocked == Some(true)) {
+        destination.mark_blocked(&refused).await?;
         outcome.statements += 1;
     }
     Ok(outcome)
@@ -138,6 +151,36 @@ pub async fn mark_seen(db: impl PgExecutor<'_>, user_ids: &[String]) -> Result<u
          WHERE user_id = ANY($1)",
     )
     .bind(&ids)
+    .execute(db)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// Sets `blocked` on the rows of `users`, profiles Auth0 says are blocked but Postgres refused
+/// to store whole: the flag is always storable, and it is what ends the user's sessions
+/// ([`crate::auth::revocation::end_sessions_of_revoked_users`] reads the row). Only where the
+/// profile is not older than the row (the merge's version rule); rows only, since a user
+/// without one has no session. Returns the rows changed.
+pub async fn mark_blocked(
+    db: impl PgExecutor<'_>,
+    users: &[&Auth0User],
+) -> Result<u64, sqlx::Error> {
+    let (ids, versions): (Vec<&str>, Vec<Option<DateTime<Utc>>>) = users
+        .iter()
+        .filter(|u| u.blocked == Some(true) && !u.user_id.contains('\0'))
+        .map(|u| (u.user_id.as_str(), u.updated_at))
+        .unzip();
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let result = sqlx::query(
+        "UPDATE users AS u SET blocked = true
+         FROM unnest($1::text[], $2::timestamptz[]) AS p(user_id, version)
+         WHERE u.user_id = p.user_id AND u.blocked IS NOT TRUE
+           AND (u.auth0_updated_at IS NULL OR p.version >= u.auth0_updated_at)",
+    )
+    .bind(&ids)
+    .bind(&versions)
     .execute(db)
     .await?;
     Ok(result.rows_affected())

@@ -833,3 +833,28 @@ pub async fn post_logout_token(address: &str, logout_token: &str) -> reqwest::Re
         .await
         .expect("back-channel logout request")
 }
+
+/// Waits (up to 20 s) until a statement starting with `query_prefix` waits for a lock in
+/// `db`'s database: the moment a test lets the transaction it holds go on.
+pub async fn wait_for_lock_wait(db: &sqlx::PgPool, query_prefix: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        let waiting: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                            WHERE datname = current_database() AND wait_event_type = 'Lock'
+                              AND starts_with(query, $1))",
+        )
+        .bind(query_prefix)
+        .fetch_one(db)
+        .await
+        .expect("pg_stat_activity");
+        if waiting {
+            return;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "no `{query_prefix}` came to wait for the lock"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

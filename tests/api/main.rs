@@ -6,6 +6,7 @@ mod backchannel_logout;
 mod batched_lookup;
 mod batched_saves;
 mod browser;
+mod bulk_load;
 mod canonical_origin;
 mod db_outages;
 mod deploy_files;

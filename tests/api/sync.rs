@@ -427,6 +427,37 @@ async fn a_newer_row_is_never_replaced_by_an_older_profile() {
 }
 
 #[tokio::test]
+async fn a_deletion_that_meets_the_user_being_created_again_sees_the_newer_profile() {
+    let f = fixture(0).await;
+    let id = "auth0|created-again";
+    let deleted_at: DateTime<Utc> = "2025-01-10T00:00:00Z".parse().unwrap();
+    // Another worker writes the user created again after the deletion (its `user.created`)
+    // and has not committed: the deletion finds no row, and its insert meets this one.
+    let mut created = f.db.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO users (user_id, name, auth0_updated_at)
+         VALUES ($1, 'Again', '2025-01-11T00:00:00Z')",
+    )
+    .bind(id)
+    .execute(&mut *created)
+    .await
+    .unwrap();
+    let db = f.db.clone();
+    let deletion = tokio::spawn(async move {
+        quotebook::users::streams::apply::deletion(&db, id, None, deleted_at).await
+    });
+    crate::helpers::wait_for_lock_wait(&f.db, "INSERT INTO users").await;
+    created.commit().await.unwrap();
+    let outcome = deletion.await.unwrap().unwrap();
+    assert_eq!(
+        outcome.applied,
+        quotebook::users::streams::apply::Applied::DeletionStale
+    );
+    let row = store::get(&f.db, id).await.unwrap().unwrap();
+    assert!(row.deleted_at.is_none(), "the user created again stays");
+}
+
+#[tokio::test]
 async fn a_deletion_auth0_reported_outlives_older_listings_but_not_the_user_created_again() {
     let f = fixture(0).await;
     let profile = |id: &str, updated: &str| {
@@ -956,6 +987,52 @@ async fn a_profile_postgres_refuses_is_isolated_and_its_batch_still_written() {
     let batch = batch_with_refused_values(&f).await;
     let outcome = store::write_profiles(&f.db, &batch).await.unwrap();
     assert_refused_values_isolated(&f, &outcome).await;
+}
+
+#[tokio::test]
+async fn a_blocked_user_whose_profile_postgres_refuses_is_still_blocked_and_signed_out() {
+    let f = fixture(0).await;
+    let blocked_row = "SELECT count(*) FROM users WHERE user_id = 'auth0|3' AND blocked";
+    let sessions = "SELECT count(*) FROM sessions WHERE user_id = 'auth0|3'";
+    let sign_in = || {
+        sqlx::query(
+            "INSERT INTO sessions (id, expires_at, data, user_id)
+             VALUES ('session-' || gen_random_uuid(), now() + interval '1 hour', '{}', 'auth0|3')",
+        )
+        .execute(&f.db)
+    };
+
+    // A sync's batch: the profile is skipped, its block is not.
+    let mut batch = batch_with_refused_values(&f).await;
+    batch[3].blocked = Some(true);
+    sign_in().await.unwrap();
+    let outcome = store::write_profiles(&f.db, &batch).await.unwrap();
+    assert_refused_values_isolated(&f, &outcome).await;
+    assert_eq!(f.count(blocked_row).await, 1, "the row says blocked");
+    let ended =
+        quotebook::auth::revocation::end_sessions_of_revoked_users(&f.db, &["auth0|3"]).await;
+    assert_eq!(
+        ended.unwrap(),
+        1,
+        "so the sync's revocation ends the session"
+    );
+
+    // An event's profile (Event Stream, or a Log Stream refresh).
+    sqlx::query("UPDATE users SET blocked = false WHERE user_id = 'auth0|3'")
+        .execute(&f.db)
+        .await
+        .unwrap();
+    sign_in().await.unwrap();
+    let outcome = quotebook::users::streams::apply::profile(&f.db, &batch[3], Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome.applied,
+        quotebook::users::streams::apply::Applied::Unstorable
+    );
+    assert_eq!(outcome.sessions_ended, 1);
+    assert_eq!(f.count(blocked_row).await, 1);
+    assert_eq!(f.count(sessions).await, 0);
 }
 
 #[tokio::test]

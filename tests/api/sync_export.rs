@@ -313,13 +313,13 @@ async fn a_writer_whose_connection_dies_midway_costs_no_user() {
     let run = tokio::spawn(async move {
         quotebook::users::foreground::sync_in_foreground(&syncer, SyncMode::Full, false).await
     });
-    // A writer is found by its staging table; its backend is ended as an operator (or a
-    // restarting compute) would.
+    // A writer is found by its `COPY` (into `users` directly: a first sync of 20,000 users is a
+    // bulk load); its backend is ended as an operator (or a restarting compute) would.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     let ended = loop {
         let ended: Vec<bool> = sqlx::query_scalar(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-             WHERE datname = current_database() AND query LIKE 'COPY sync_staging%'
+             WHERE datname = current_database() AND query LIKE 'COPY %'
              LIMIT 1",
         )
         .fetch_all(&f.db)

@@ -81,7 +81,17 @@ pub async fn profile(
                 reason = %err,
                 "user profile from Auth0 skipped: it cannot be stored"
             );
-            return Ok(unchanged(Applied::Unstorable));
+            drop(tx);
+            // Its block still counts: the flag is always storable.
+            let sessions_ended = if store::mark_blocked(db, &[user]).await? > 0 {
+                crate::auth::revocation::end_sessions_of(db, &user.user_id).await?
+            } else {
+                0
+            };
+            return Ok(Outcome {
+                applied: Applied::Unstorable,
+                sessions_ended,
+            });
         }
         Err(err) => return Err(err),
     };
@@ -110,7 +120,28 @@ pub async fn deletion(
     deleted_at: DateTime<Utc>,
 ) -> Result<Outcome, sqlx::Error> {
     let mut tx = db.begin().await?;
-    let row = lock_row(&mut tx, user_id).await?;
+    let mut row = lock_row(&mut tx, user_id).await?;
+    if row.is_none() {
+        // Not stored yet: a row to carry the deletion, from the profile Auth0 sent with it if
+        // any. Another writer may be inserting the same user right now (its `user.created`, a
+        // sign-in): the insert waits for it, and the row is read again, whoever wrote it, so
+        // a profile newer than the deletion is seen below.
+        match last_profile {
+            Some(profile) => {
+                if let Err(err) = store::upsert_batch(&mut *tx, std::slice::from_ref(profile)).await
+                {
+                    if !store::is_row_data_error(&err) {
+                        return Err(err);
+                    }
+                    // The profile cannot be stored, but the deletion must be remembered.
+                    tx = db.begin().await?;
+                    insert_bare(&mut tx, user_id).await?;
+                }
+            }
+            None => insert_bare(&mut tx, user_id).await?,
+        }
+        row = lock_row(&mut tx, user_id).await?;
+    }
     if row.is_some_and(|r| {
         r.auth0_updated_at
             .is_some_and(|updated| updated > deleted_at)
@@ -137,22 +168,6 @@ pub async fn deletion(
             applied: Applied::DeletionStale,
             sessions_ended,
         });
-    }
-    if row.is_none() {
-        match last_profile {
-            Some(profile) => {
-                if let Err(err) = store::upsert_batch(&mut *tx, std::slice::from_ref(profile)).await
-                {
-                    if !store::is_row_data_error(&err) {
-                        return Err(err);
-                    }
-                    // The profile cannot be stored, but the deletion must be remembered.
-                    tx = db.begin().await?;
-                    insert_bare(&mut tx, user_id).await?;
-                }
-            }
-            None => insert_bare(&mut tx, user_id).await?,
-        }
     }
     sqlx::query("UPDATE users SET deleted_at = $2, auth0_deleted_at = $2 WHERE user_id = $1")
         .bind(user_id)

@@ -33,7 +33,8 @@ use super::{
 };
 use crate::users::{
     auth0_api::UsersQuery,
-    staging::StagingTable,
+    search_indexes,
+    staging::{DirectCopy, StagingTable},
     store::{self, Destination},
     sync_runs::Progress,
 };
@@ -62,34 +63,38 @@ impl Syncer {
             .max(expected_before + 10_000);
         let job = self.api.create_users_export(EXPORT_FIELDS, limit).await?;
         tracing::info!(run = run_id, job = %job.id, "export job created");
-        let mut lines_done = 0u64;
-        let mut downloads = 0;
-        loop {
-            let location = self.wait_for_export(run_id, &job.id, progress).await?;
-            if downloads == 0 {
-                *self
-                    .export_ready
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = Some(std::time::Instant::now());
-            }
-            downloads += 1;
-            // The signed location is valid for 60 s; if a download breaks, fetch a fresh one and
-            // skip the lines already written (the file of one job does not change).
-            match self
-                .stream_export(run_id, &location, lines_done, progress)
-                .await
-            {
-                Ok(lines) => {
-                    lines_done = lines;
-                    break;
+        let location = self.wait_for_export(run_id, &job.id, progress).await?;
+        *self
+            .export_ready
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(std::time::Instant::now());
+        let held = search_indexes::rows_held(&self.db, expected_before).await?;
+        self.count_sql(1);
+        let bulk_load =
+            search_indexes::is_bulk_load(held, expected_before, self.options.bulk_load_min_users);
+        let direct_copy = match (bulk_load, held) {
+            (false, _) => DirectCopy::Off,
+            (true, 0) => DirectCopy::Optimistic,
+            (true, _) => DirectCopy::WhenNew,
+        };
+        let aside = bulk_load
+            && self
+                .set_search_indexes_aside(run_id, expected_before)
+                .await?;
+        let downloaded = self
+            .download_export(run_id, &job.id, location, direct_copy, progress)
+            .await;
+        if aside {
+            // Whether or not the download got to its end: searches need them either way.
+            if let Err(err) = self.ensure_search_indexes(run_id).await {
+                if downloaded.is_ok() {
+                    return Err(err.into());
                 }
-                Err((lines, err)) if downloads < 3 => {
-                    tracing::warn!(run = run_id, error = %err, "export download interrupted; resuming");
-                    lines_done = lines;
-                }
-                Err((_, err)) => return Err(err),
+                // The download's error is the run's; the next attempt builds them.
+                tracing::error!(run = run_id, error = %err, "admin search indexes not built");
             }
         }
+        let lines_done = downloaded?;
         // Auth0's docs disagree on an export's default `limit`: check it held the whole tenant
         // (allowing for users deleted while it ran) before trusting it for deletions.
         let after = self
@@ -121,6 +126,60 @@ impl Syncer {
             "users the export did not hold marked deleted"
         );
         self.after_full(started_at).await
+    }
+
+    /// Sets the admin search's indexes aside for a bulk load; returns whether it did.
+    async fn set_search_indexes_aside(
+        &self,
+        run_id: i64,
+        expected_users: u64,
+    ) -> Result<bool, SyncError> {
+        let aside = search_indexes::set_aside(&self.db).await?;
+        self.count_sql(3);
+        if aside {
+            tracing::info!(
+                run = run_id,
+                expected_users,
+                "admin search indexes set aside for a bulk load"
+            );
+        } else {
+            tracing::info!(
+                run = run_id,
+                "admin search busy: loading with its indexes in place"
+            );
+        }
+        Ok(aside)
+    }
+
+    /// Downloads the export from `location` and writes it; if a download breaks, fetches a
+    /// fresh location (the signed one is valid for 60 s) and skips the lines already written
+    /// (the file of one job does not change), up to three downloads. Returns the lines read.
+    /// `direct_copy`: how batches of new users are written ([`DirectCopy`]).
+    async fn download_export(
+        &self,
+        run_id: i64,
+        job_id: &str,
+        mut location: String,
+        direct_copy: DirectCopy,
+        progress: &mut Progress,
+    ) -> Result<u64, SyncError> {
+        let mut lines_done = 0u64;
+        let mut downloads = 0;
+        loop {
+            downloads += 1;
+            match self
+                .stream_export(run_id, &location, lines_done, direct_copy, progress)
+                .await
+            {
+                Ok(lines) => return Ok(lines),
+                Err((lines, err)) if downloads < 3 => {
+                    tracing::warn!(run = run_id, error = %err, "export download interrupted; resuming");
+                    lines_done = lines;
+                }
+                Err((_, err)) => return Err(err),
+            }
+            location = self.wait_for_export(run_id, job_id, progress).await?;
+        }
     }
 
     /// Polls the job until it has a download location: after the time Auth0 says is left when
@@ -180,6 +239,7 @@ impl Syncer {
         run_id: i64,
         location: &str,
         skip: u64,
+        direct_copy: DirectCopy,
         progress: &mut Progress,
     ) -> Result<u64, (u64, SyncError)> {
         // Not the location itself: it is a pre-signed URL, i.e. a credential while it lasts.
@@ -230,6 +290,7 @@ impl Syncer {
             tasks.spawn(write_batches(
                 self.db.clone(),
                 staged,
+                direct_copy,
                 batches.clone(),
                 done_tx.clone(),
             ));
@@ -289,13 +350,17 @@ struct BatchEnd {
 async fn write_batches(
     db: sqlx::PgPool,
     staged: bool,
+    direct_copy: DirectCopy,
     batches: Arc<Mutex<mpsc::Receiver<Batch>>>,
     done: mpsc::Sender<Done>,
 ) {
     let mut staging = None;
     if staged {
         match StagingTable::open(&db).await {
-            Ok(table) => staging = Some(table),
+            Ok(mut table) => {
+                table.copy_new_users_directly(direct_copy);
+                staging = Some(table);
+            }
             Err(err) => {
                 let _ = done.send(Err(err.into())).await;
                 return;
@@ -305,6 +370,12 @@ async fn write_batches(
     loop {
         let next = batches.lock().await.recv().await;
         let Some(batch) = next else {
+            if let Some(table) = &staging {
+                tracing::debug!(
+                    batches_copied = table.batches_copied(),
+                    "export writer done"
+                );
+            }
             return;
         };
         let end = BatchEnd {

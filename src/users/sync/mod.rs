@@ -35,6 +35,7 @@ use crate::{
 use super::{
     auth0_api::{ApiError, ManagementApi},
     auth0_user::{Auth0User, Unusable},
+    search_indexes,
     store::{self, Destination},
     sync_runs::{self, Progress, SyncMode, SyncRun},
 };
@@ -59,6 +60,10 @@ pub struct SyncOptions {
     pub confirm_deletions_up_to: usize,
     pub export_poll_max: Duration,
     pub purge_after_days: u32,
+    /// A full sync by export of a tenant at least this large, into a `user_search` holding
+    /// fewer than half of its users, sets the admin search's indexes aside while it loads and
+    /// builds them after ([`crate::users::search_indexes`]).
+    pub bulk_load_min_users: u64,
 }
 
 impl Default for SyncOptions {
@@ -72,6 +77,7 @@ impl Default for SyncOptions {
             confirm_deletions_up_to: 100,
             export_poll_max: Duration::from_secs(30 * 60),
             purge_after_days: 30,
+            bulk_load_min_users: 10_000,
         }
     }
 }
@@ -122,6 +128,7 @@ pub struct Syncer {
     options: Arc<SyncOptions>,
     sql: Arc<AtomicU64>,
     export_ready: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    search_indexes_built: Arc<std::sync::Mutex<Option<Duration>>>,
 }
 
 /// Arbitrary constant key for the session advisory lock held while a run executes.
@@ -135,6 +142,7 @@ impl Syncer {
             options: Arc::new(options),
             sql: Arc::new(AtomicU64::new(0)),
             export_ready: Arc::default(),
+            search_indexes_built: Arc::default(),
         }
     }
 
@@ -158,6 +166,35 @@ impl Syncer {
             .export_ready
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How long the last build of the admin search's indexes took, if one was made since the
+    /// last call (for the benchmark): after a bulk load, or to repair a run that stopped
+    /// before building them.
+    pub fn take_search_indexes_build_time(&self) -> Option<Duration> {
+        self.search_indexes_built
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
+    /// [`search_indexes::ensure`], logged and timed.
+    async fn ensure_search_indexes(&self, run_id: i64) -> Result<(), sqlx::Error> {
+        let (built, took) = search_indexes::ensure(&self.db).await?;
+        self.count_sql(1 + 2 * built.len() as u64);
+        if !built.is_empty() {
+            *self
+                .search_indexes_built
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(took);
+            tracing::info!(
+                run = run_id,
+                indexes = ?built,
+                elapsed_ms = took.as_millis() as u64,
+                "admin search indexes built"
+            );
+        }
+        Ok(())
     }
 
     fn count_sql(&self, n: u64) {
@@ -194,6 +231,8 @@ impl Syncer {
         self.count_sql(1);
         let started_at = run.started_at.unwrap_or_else(Utc::now);
         tracing::info!(run = run.id, mode = %run.mode, attempt = run.attempts, "user sync started");
+        // A run that stopped during a bulk load left the search's indexes aside.
+        self.ensure_search_indexes(run.id).await?;
         let mut progress = Progress::default();
         let clock = Instant::now();
         match run.mode {

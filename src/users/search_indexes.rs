@@ -1,0 +1,194 @@
+//! The admin search's indexes on `user_search` (its order index and the two `pg_trgm` GIN
+//! indexes), set aside while a full sync loads more users than the table holds, and built again
+//! after it.
+//!
+//! Why: a GIN index takes many keys per row (one per trigram), and adding rows to it one
+//! statement at a time costs far more than building it once over the finished table. Postgres'
+//! docs advise the same for bulk loads: "for bulk insertions into a table it might be advisable
+//! to drop the GIN index and recreate it after finishing bulk insertions"
+//! (<https://www.postgresql.org/docs/current/gin-tips.html>,
+//! <https://www.postgresql.org/docs/current/populate.html#POPULATE-RM-INDEXES>). Measured on the
+//! 2-core build machine for the first sync of 1,000,000 users (`examples/sync_bench`): about 22
+//! s of Postgres time to keep the indexes up to date row by row, about 12 s to build them.
+//!
+//! Only the indexes are set aside. `user_search`'s rows are still written by its triggers in
+//! the same transactions as `users`, so the search stays right meanwhile and only gets slower
+//! (a sequential scan of a narrow table). If a run stops before the indexes are built again,
+//! [`ensure`] builds them at the start of the next run.
+
+use std::{collections::VecDeque, sync::Arc, time::Duration};
+
+use sqlx::{Connection, PgPool};
+use tokio::{sync::Mutex, task::JoinSet};
+
+/// One index of the admin search: its name and what follows `CREATE INDEX <name>`. These
+/// are the definitions of migrations 20261201004003 to 20261201004005, without `CONCURRENTLY`.
+/// A test checks that building them gives what the migrations made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SearchIndex {
+    pub name: &'static str,
+    pub definition: &'static str,
+}
+
+/// The indexes set aside during a bulk load. The longest build comes first: builds share
+/// [`BUILDERS`] connections, and this order finishes soonest.
+pub const SEARCH_INDEXES: [SearchIndex; 3] = [
+    SearchIndex {
+        name: "user_search_email_trgm_idx",
+        definition: "ON user_search USING gin (email gin_trgm_ops)",
+    },
+    SearchIndex {
+        name: "user_search_name_trgm_idx",
+        definition: "ON user_search USING gin (name gin_trgm_ops)",
+    },
+    SearchIndex {
+        name: "user_search_order_idx",
+        definition: "ON user_search (no_email, email, user_id) INCLUDE (name)",
+    },
+];
+
+/// Indexes built at once, each on a connection of its own. A GIN build uses one core, so two
+/// use a 2-core database fully.
+pub const BUILDERS: usize = 2;
+
+/// How long setting the indexes aside waits for its lock (`DROP INDEX` needs the table to
+/// itself, so it waits for admin searches under way, and they then wait for it).
+const SET_ASIDE_LOCK_TIMEOUT: &str = "2s";
+
+/// The rows `user_search` holds (one per `users` row), counted up to `up_to`: the question
+/// costs little however large the table.
+pub async fn rows_held(db: &PgPool, up_to: u64) -> Result<u64, sqlx::Error> {
+    let up_to = i64::try_from(up_to).unwrap_or(i64::MAX);
+    let held: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM (SELECT 1 FROM user_search LIMIT $1) AS held")
+            .bind(up_to)
+            .fetch_one(db)
+            .await?;
+    Ok(u64::try_from(held).unwrap_or_default())
+}
+
+/// Whether a full sync expecting `expected_users` (the tenant's count) into a table holding
+/// `held` rows is a bulk load: at least `min_users`, and fewer than half of them held. Then the
+/// run writes more rows than the table already has, and building the indexes over the whole
+/// table costs less than keeping them up to date for the new rows.
+pub fn is_bulk_load(held: u64, expected_users: u64, min_users: u64) -> bool {
+    expected_users >= min_users.max(1) && held < expected_users / 2
+}
+
+/// Drops the indexes, in one transaction. `Ok(false)` when the lock was not granted within
+/// [`SET_ASIDE_LOCK_TIMEOUT`] (searches were under way): nothing is dropped, and the load keeps
+/// the indexes up to date as any write does.
+pub async fn set_aside(db: &PgPool) -> Result<bool, sqlx::Error> {
+    let mut conn = db.acquire().await?;
+    let mut tx = conn.begin().await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SET LOCAL lock_timeout = '{SET_ASIDE_LOCK_TIMEOUT}'"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    let names = SEARCH_INDEXES.map(|index| index.name).join(", ");
+    match sqlx::query(sqlx::AssertSqlSafe(format!("DROP INDEX IF EXISTS {names}")))
+        .execute(&mut *tx)
+        .await
+    {
+        Ok(_) => {
+            tx.commit().await?;
+            Ok(true)
+        }
+        // lock_not_available
+        Err(sqlx::Error::Database(err)) if err.code().as_deref() == Some("55P03") => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
+/// Builds every index of [`SEARCH_INDEXES`] that is missing, or invalid (left by a
+/// `CREATE INDEX CONCURRENTLY` that failed), [`BUILDERS`] at a time. Returns the names built
+/// and the time it took; costs one catalog query when all are there.
+///
+/// A build is `CREATE INDEX` without `CONCURRENTLY`: one pass over the table, about a third of
+/// the time of a concurrent build here. It holds a `SHARE` lock, so writes to `user_search` (a
+/// sign-in that changes an email or a name) wait for it: about 8 s at 1,000,000 users on 2
+/// cores, once, after a tenant's first sync. Searches go on meanwhile.
+pub async fn ensure(db: &PgPool) -> Result<(Vec<&'static str>, Duration), sqlx::Error> {
+    let clock = std::time::Instant::now();
+    let present: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT c.relname::text, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+         WHERE i.indrelid = 'user_search'::regclass",
+    )
+    .fetch_all(db)
+    .await?;
+    let missing: VecDeque<(SearchIndex, bool)> = SEARCH_INDEXES
+        .into_iter()
+        .filter_map(
+            |index| match present.iter().find(|(name, _)| name == index.name) {
+                Some((_, true)) => None,
+                Some((_, false)) => Some((index, true)),
+                None => Some((index, false)),
+            },
+        )
+        .collect();
+    if missing.is_empty() {
+        return Ok((Vec::new(), clock.elapsed()));
+    }
+    let built = missing.iter().map(|(index, _)| index.name).collect();
+    let queue = Arc::new(Mutex::new(missing));
+    let mut builders = JoinSet::new();
+    for _ in 0..BUILDERS {
+        let (db, queue) = (db.clone(), queue.clone());
+        builders.spawn(async move {
+            loop {
+                let Some((index, invalid)) = queue.lock().await.pop_front() else {
+                    return Ok(());
+                };
+                build(&db, index, invalid).await?;
+            }
+        });
+    }
+    let mut outcome = Ok(());
+    while let Some(done) = builders.join_next().await {
+        let done = done.unwrap_or_else(|panic| Err(sqlx::Error::Io(std::io::Error::other(panic))));
+        if outcome.is_ok() {
+            outcome = done;
+        }
+    }
+    outcome.map(|()| (built, clock.elapsed()))
+}
+
+/// One index, in one transaction; an `invalid` leftover of the same name is dropped first.
+async fn build(db: &PgPool, index: SearchIndex, invalid: bool) -> Result<(), sqlx::Error> {
+    let clock = std::time::Instant::now();
+    let mut conn = db.acquire().await?;
+    let mut tx = conn.begin().await?;
+    if invalid {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP INDEX {}", index.name)))
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE INDEX IF NOT EXISTS {} {}",
+        index.name, index.definition
+    )))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::info!(
+        index = index.name,
+        elapsed_ms = clock.elapsed().as_millis() as u64,
+        "admin search index built"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_bulk_load;
+
+    #[test]
+    fn a_bulk_load_is_a_large_tenant_into_a_table_holding_less_than_half_of_it() {
+        assert!(is_bulk_load(0, 1_000_000, 10_000));
+        assert!(is_bulk_load(499_999, 1_000_000, 10_000));
+        assert!(!is_bulk_load(500_000, 1_000_000, 10_000));
+        assert!(!is_bulk_load(0, 9_999, 10_000), "a small tenant");
+        assert!(!is_bulk_load(0, 0, 0), "an empty tenant");
+    }
+}
