@@ -4,7 +4,12 @@
 //!
 //! ```sh
 //! cargo run --release --example sync_bench -- --users 1000000 [--batch 5000] [--again]
+//!     [--bulk-load-min 10000]
 //! ```
+//!
+//! `--bulk-load-min` is the smallest tenant whose first sync is a bulk load (the admin
+//! search's indexes set aside, new users copied straight into `users`); a number above
+//! `--users` measures the first sync without it.
 //!
 //! The emulator runs in a child process (this binary re-executed with `--serve-emulator`), so
 //! the peak RSS printed for the sync is the sync's own, not the emulated tenant's. On the export
@@ -110,6 +115,9 @@ async fn bench(
     let mut options = SyncOptions::default();
     if let Some(batch) = flag(args, "--batch") {
         options.batch_size = batch.parse().context("--batch takes a number")?;
+    }
+    if let Some(min) = flag(args, "--bulk-load-min") {
+        options.bulk_load_min_users = min.parse().context("--bulk-load-min takes a number")?;
     }
     if let Some(writers) = flag(args, "--writers") {
         options.writers = writers.parse().context("--writers takes a number")?;

@@ -234,6 +234,13 @@ pub async fn run_worker(
     })
     .collect::<Result<Vec<_>, _>>()?;
     setup(syncer.db()).await?;
+    // A process that stopped during a bulk load left the admin search's indexes aside.
+    let repairing = syncer.clone();
+    tokio::spawn(async move {
+        if let Err(err) = repairing.repair_search_indexes().await {
+            tracing::warn!(error = %err, "admin search indexes not checked; the next sync run does");
+        }
+    });
 
     let shutdown = shutdown.boxed().shared();
     let db = syncer.db().clone();

@@ -32,6 +32,12 @@ pub struct SearchIndex {
 
 /// The indexes set aside during a bulk load. The longest build comes first: builds share
 /// [`BUILDERS`] connections, and this order finishes soonest.
+///
+/// A B-tree refuses an entry larger than about 2,700 bytes (error 54000), so the order index
+/// could refuse a row the load wrote while it was aside, and its build would then fail for
+/// good. The `user_search_fits_its_order_index` check (migration 20261203001000) refuses such
+/// a row as it is written, index or no index, and the sync skips its profile like any other
+/// Postgres refuses. The GIN indexes hold trigrams and refuse no row.
 pub const SEARCH_INDEXES: [SearchIndex; 3] = [
     SearchIndex {
         name: "user_search_email_trgm_idx",
@@ -51,9 +57,20 @@ pub const SEARCH_INDEXES: [SearchIndex; 3] = [
 /// use a 2-core database fully.
 pub const BUILDERS: usize = 2;
 
-/// How long setting the indexes aside waits for its lock (`DROP INDEX` needs the table to
-/// itself, so it waits for admin searches under way, and they then wait for it).
-const SET_ASIDE_LOCK_TIMEOUT: &str = "2s";
+/// How long a statement here waits for its lock. `DROP INDEX` needs the table to itself and
+/// `CREATE INDEX` keeps writers out, so each waits for the transactions using the table. While
+/// it waits, later statements on the table (searches, sign-ins) queue behind it: a short wait,
+/// tried again, never holds them long.
+const LOCK_TIMEOUT: &str = "2s";
+
+/// Builds tried before giving up for this run (the next run tries again).
+const BUILD_ATTEMPTS: u32 = 5;
+
+/// `lock_not_available` (a lock wait past `lock_timeout`) or `query_canceled` (a
+/// `statement_timeout` the role sets below it).
+fn lock_not_granted(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("55P03" | "57014")))
+}
 
 /// The rows `user_search` holds (one per `users` row), counted up to `up_to`: the question
 /// costs little however large the table.
@@ -76,13 +93,13 @@ pub fn is_bulk_load(held: u64, expected_users: u64, min_users: u64) -> bool {
 }
 
 /// Drops the indexes, in one transaction. `Ok(false)` when the lock was not granted within
-/// [`SET_ASIDE_LOCK_TIMEOUT`] (searches were under way): nothing is dropped, and the load keeps
+/// [`LOCK_TIMEOUT`] (a search or a write was under way): nothing is dropped, and the load keeps
 /// the indexes up to date as any write does.
 pub async fn set_aside(db: &PgPool) -> Result<bool, sqlx::Error> {
     let mut conn = db.acquire().await?;
     let mut tx = conn.begin().await?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SET LOCAL lock_timeout = '{SET_ASIDE_LOCK_TIMEOUT}'"
+        "SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"
     )))
     .execute(&mut *tx)
     .await?;
@@ -95,8 +112,7 @@ pub async fn set_aside(db: &PgPool) -> Result<bool, sqlx::Error> {
             tx.commit().await?;
             Ok(true)
         }
-        // lock_not_available
-        Err(sqlx::Error::Database(err)) if err.code().as_deref() == Some("55P03") => Ok(false),
+        Err(err) if lock_not_granted(&err) => Ok(false),
         Err(err) => Err(err),
     }
 }
@@ -106,9 +122,11 @@ pub async fn set_aside(db: &PgPool) -> Result<bool, sqlx::Error> {
 /// and the time it took; costs one catalog query when all are there.
 ///
 /// A build is `CREATE INDEX` without `CONCURRENTLY`: one pass over the table, about a third of
-/// the time of a concurrent build here. It holds a `SHARE` lock, so writes to `user_search` (a
-/// sign-in that changes an email or a name) wait for it: about 8 s at 1,000,000 users on 2
-/// cores, once, after a tenant's first sync. Searches go on meanwhile.
+/// the time of a concurrent build here. It holds a `SHARE` lock, so writes to `user_search`
+/// wait for it: about 8 s at 1,000,000 users on 2 cores, once, after a tenant's first sync.
+/// Those are the writes of a new user, or of a changed email or name; the triggers leave the
+/// table alone otherwise, so a returning user's sign-in does not wait. Searches go on
+/// meanwhile. Each build waits at most [`LOCK_TIMEOUT`] for its lock, [`BUILD_ATTEMPTS`] times.
 pub async fn ensure(db: &PgPool) -> Result<(Vec<&'static str>, Duration), sqlx::Error> {
     let clock = std::time::Instant::now();
     let present: Vec<(String, bool)> = sqlx::query_as(
@@ -154,29 +172,54 @@ pub async fn ensure(db: &PgPool) -> Result<(Vec<&'static str>, Duration), sqlx::
     outcome.map(|()| (built, clock.elapsed()))
 }
 
-/// One index, in one transaction; an `invalid` leftover of the same name is dropped first.
+/// One index: an `invalid` leftover of the same name is dropped first, in a transaction of its
+/// own (a `DROP INDEX` holds the table to itself until its transaction ends).
 async fn build(db: &PgPool, index: SearchIndex, invalid: bool) -> Result<(), sqlx::Error> {
-    let clock = std::time::Instant::now();
-    let mut conn = db.acquire().await?;
-    let mut tx = conn.begin().await?;
     if invalid {
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP INDEX {}", index.name)))
-            .execute(&mut *tx)
-            .await?;
+        with_lock_timeout(db, &format!("DROP INDEX IF EXISTS {}", index.name)).await?;
     }
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "CREATE INDEX IF NOT EXISTS {} {}",
-        index.name, index.definition
-    )))
-    .execute(&mut *tx)
+    let clock = std::time::Instant::now();
+    with_lock_timeout(
+        db,
+        &format!(
+            "CREATE INDEX IF NOT EXISTS {} {}",
+            index.name, index.definition
+        ),
+    )
     .await?;
-    tx.commit().await?;
     tracing::info!(
         index = index.name,
         elapsed_ms = clock.elapsed().as_millis() as u64,
         "admin search index built"
     );
     Ok(())
+}
+
+/// `statement` in a transaction that waits at most [`LOCK_TIMEOUT`] for its lock, tried up to
+/// [`BUILD_ATTEMPTS`] times a second apart.
+async fn with_lock_timeout(db: &PgPool, statement: &str) -> Result<(), sqlx::Error> {
+    let mut attempt = 1;
+    loop {
+        let mut conn = db.acquire().await?;
+        let mut tx = conn.begin().await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"
+        )))
+        .execute(&mut *tx)
+        .await?;
+        match sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
+            .execute(&mut *tx)
+            .await
+        {
+            Ok(_) => return tx.commit().await,
+            Err(err) if lock_not_granted(&err) && attempt < BUILD_ATTEMPTS => {
+                drop(tx.rollback().await);
+                attempt += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(err) => return Err(err),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -33,14 +33,15 @@ pub struct WriteOutcome {
 
 /// True when Postgres refused a statement because of a value in it rather than the statement
 /// or the server: SQLSTATE class 22 (data exception: NUL in text, `\u0000` in jsonb, a number
-/// or date out of range) and 54000 (a value too large for an index row), or a value that could
-/// not be encoded for Postgres at all. Such an error belongs to one row of a batch, never to the
+/// or date out of range), 54000 (a value too large for an index row), 23514 (a check of the
+/// row's values: `user_search_fits_its_order_index`), or a value that could not be encoded for
+/// Postgres at all. Such an error belongs to one row of a batch, never to the
 /// run.
 pub fn is_row_data_error(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Database(db) => db
             .code()
-            .is_some_and(|c| c.starts_with("22") || c == "54000"),
+            .is_some_and(|c| c.starts_with("22") || c == "54000" || c == "23514"),
         sqlx::Error::Encode(_) => true,
         _ => false,
     }

@@ -3,7 +3,7 @@
 //! the ordinary merge; against a real Postgres and the emulated tenant.
 
 use quotebook::{
-    emulator::NewUser,
+    emulator::{NewUser, UserPatch},
     users::{
         auth0_user::Auth0User,
         foreground, search_indexes,
@@ -274,6 +274,16 @@ async fn the_staging_table_copies_a_batch_of_new_users_and_merges_one_with_a_kno
     let written = staging.write(&new).await.unwrap();
     assert_eq!(written.written.upserted, 2);
     assert_eq!(staging.batches_copied(), 1, "new users only: copied");
+    // As the merge writes them: seen by this sync now (the transaction's time), not deleted.
+    assert_eq!(
+        f.count(
+            "SELECT count(*) FROM users WHERE synced_at > now() - interval '1 minute'
+               AND synced_at <= now() AND first_seen_at = synced_at AND deleted_at IS NULL
+               AND auth0_deleted_at IS NULL"
+        )
+        .await,
+        2
+    );
     let known = [
         profile("auth0|a", "A older", "2024-01-01T00:00:00Z"),
         profile("auth0|c", "C", "2025-01-01T00:00:00Z"),
@@ -312,4 +322,73 @@ async fn the_staging_table_copies_a_batch_of_new_users_and_merges_one_with_a_kno
     .map(|(id, name)| (id.to_owned(), name.to_owned(), true));
     assert_eq!(names, expected);
     assert_eq!(f.count("SELECT count(*) FROM user_search").await, 4);
+}
+
+#[tokio::test]
+async fn a_sign_in_that_changes_no_email_or_name_does_not_wait_for_an_index_build() {
+    let f = fixture_with(20, fast_api_options(), bulk_load_options()).await;
+    f.sync(SyncMode::Full).await;
+    let id: String = sqlx::query_scalar("SELECT user_id FROM users LIMIT 1")
+        .fetch_one(&f.db)
+        .await
+        .unwrap();
+    // What `CREATE INDEX` holds while it builds.
+    let mut build = f.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE user_search IN SHARE MODE")
+        .execute(&mut *build)
+        .await
+        .unwrap();
+    let write = |sql: &'static str| {
+        let (db, id) = (f.db.clone(), id.clone());
+        async move {
+            let mut tx = db.begin().await.unwrap();
+            sqlx::query("SET LOCAL lock_timeout = '500ms'")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            let done = sqlx::query(sql).bind(&id).execute(&mut *tx).await;
+            done.map(|_| ())
+        }
+    };
+    // A returning user's sign-in: an upsert that only moves `last_login`.
+    write(
+        "INSERT INTO users (user_id, last_login) VALUES ($1, now())
+         ON CONFLICT (user_id) DO UPDATE SET last_login = EXCLUDED.last_login",
+    )
+    .await
+    .expect("a sign-in that changes no email or name goes on during a build");
+    let renamed = write("UPDATE users SET name = 'Renamed' WHERE user_id = $1").await;
+    assert!(
+        renamed.is_err(),
+        "a new name is written to user_search, and waits for the build"
+    );
+    build.rollback().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_profile_too_large_for_the_order_index_is_skipped_with_the_index_aside_or_not() {
+    let f = fixture_with(1500, fast_api_options(), bulk_load_options()).await;
+    let id = f.emulator.users().user_ids()[700].clone();
+    f.emulator
+        .users()
+        .update(
+            &id,
+            UserPatch {
+                name: Some("x".repeat(3000)),
+                ..UserPatch::default()
+            },
+        )
+        .unwrap();
+    let before = search_indexes_now(&f).await;
+    let run = f.sync(SyncMode::Full).await;
+    assert_eq!((run.fetched, run.skipped), (1500, 1), "{run:?}");
+    let after = search_indexes_now(&f).await;
+    for ((_, old_oid, _), (new_def, new_oid, valid)) in before.iter().zip(&after) {
+        assert_ne!(old_oid, new_oid, "a bulk load: {new_def}");
+        assert!(valid, "built: {new_def}");
+    }
+    // Marked as seen, not deleted; and a sync with the indexes in place skips it the same way.
+    let run = f.sync(SyncMode::Full).await;
+    assert_eq!((run.skipped, run.deleted), (1, 0));
+    assert_eq!(f.count("SELECT count(*) FROM users").await, 1499);
 }

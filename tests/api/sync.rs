@@ -455,6 +455,21 @@ async fn a_deletion_that_meets_the_user_being_created_again_sees_the_newer_profi
     );
     let row = store::get(&f.db, id).await.unwrap().unwrap();
     assert!(row.deleted_at.is_none(), "the user created again stays");
+
+    // Alone, a deletion whose own profile is stamped a little after it (an event without
+    // `updated_at` takes the event's time) deletes the user it stores.
+    let id = "auth0|deleted-alone";
+    let own = Auth0User::parse(&format!(
+        r#"{{"user_id":"{id}","name":"n","updated_at":"2025-01-10T00:00:01Z"}}"#
+    ))
+    .unwrap();
+    let outcome = quotebook::users::streams::apply::deletion(&f.db, id, Some(&own), deleted_at)
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome.applied,
+        quotebook::users::streams::apply::Applied::Deleted
+    );
 }
 
 #[tokio::test]

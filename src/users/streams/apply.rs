@@ -81,7 +81,7 @@ pub async fn profile(
                 reason = %err,
                 "user profile from Auth0 skipped: it cannot be stored"
             );
-            drop(tx);
+            tx.rollback().await?;
             // Its block still counts: the flag is always storable.
             let sessions_ended = if store::mark_blocked(db, &[user]).await? > 0 {
                 crate::auth::revocation::end_sessions_of(db, &user.user_id).await?
@@ -121,6 +121,8 @@ pub async fn deletion(
 ) -> Result<Outcome, sqlx::Error> {
     let mut tx = db.begin().await?;
     let mut row = lock_row(&mut tx, user_id).await?;
+    // A stored profile newer than this says the user was created again after the deletion.
+    let mut newer_than = deleted_at;
     if row.is_none() {
         // Not stored yet: a row to carry the deletion, from the profile Auth0 sent with it if
         // any. Another writer may be inserting the same user right now (its `user.created`, a
@@ -140,11 +142,15 @@ pub async fn deletion(
             }
             None => insert_bare(&mut tx, user_id).await?,
         }
+        // The profile just written is the deleted user's own, whatever its `updated_at`.
+        if let Some(own) = last_profile.and_then(|p| p.updated_at) {
+            newer_than = newer_than.max(own);
+        }
         row = lock_row(&mut tx, user_id).await?;
     }
     if row.is_some_and(|r| {
         r.auth0_updated_at
-            .is_some_and(|updated| updated > deleted_at)
+            .is_some_and(|updated| updated > newer_than)
     }) {
         // A profile newer than the deletion: the user was created again under the same id.
         tx.commit().await?;

@@ -77,22 +77,21 @@ impl Syncer {
             (true, 0) => DirectCopy::Optimistic,
             (true, _) => DirectCopy::WhenNew,
         };
-        let aside = bulk_load
-            && self
-                .set_search_indexes_aside(run_id, expected_before)
-                .await?;
+        let aside = if bulk_load {
+            self.set_search_indexes_aside(run_id, expected_before)
+                .await?
+        } else {
+            // A run that stopped during a bulk load left the search's indexes aside.
+            self.ensure_search_indexes(Some(run_id)).await;
+            false
+        };
         let downloaded = self
             .download_export(run_id, &job.id, location, direct_copy, progress)
             .await;
         if aside {
-            // Whether or not the download got to its end: searches need them either way.
-            if let Err(err) = self.ensure_search_indexes(run_id).await {
-                if downloaded.is_ok() {
-                    return Err(err.into());
-                }
-                // The download's error is the run's; the next attempt builds them.
-                tracing::error!(run = run_id, error = %err, "admin search indexes not built");
-            }
+            // Whether or not the download got to its end: searches need them either way. (A
+            // failed run that is tried again may set them aside once more.)
+            self.ensure_search_indexes(Some(run_id)).await;
         }
         let lines_done = downloaded?;
         // Auth0's docs disagree on an export's default `limit`: check it held the whole tenant

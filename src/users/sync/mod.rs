@@ -178,21 +178,47 @@ impl Syncer {
             .take()
     }
 
-    /// [`search_indexes::ensure`], logged and timed.
-    async fn ensure_search_indexes(&self, run_id: i64) -> Result<(), sqlx::Error> {
-        let (built, took) = search_indexes::ensure(&self.db).await?;
-        self.count_sql(1 + 2 * built.len() as u64);
-        if !built.is_empty() {
-            *self
-                .search_indexes_built
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(took);
-            tracing::info!(
+    /// [`search_indexes::ensure`], logged and timed. Never fails the run: its users are written
+    /// either way, the search only gets slower without the indexes, and the next run (or the
+    /// worker's start) tries again.
+    async fn ensure_search_indexes(&self, run_id: Option<i64>) {
+        match search_indexes::ensure(&self.db).await {
+            Ok((built, took)) => {
+                self.count_sql(1 + 2 * built.len() as u64);
+                if !built.is_empty() {
+                    *self
+                        .search_indexes_built
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(took);
+                    tracing::info!(
+                        run = run_id,
+                        indexes = ?built,
+                        elapsed_ms = took.as_millis() as u64,
+                        "admin search indexes built"
+                    );
+                }
+            }
+            Err(err) => tracing::error!(
                 run = run_id,
-                indexes = ?built,
-                elapsed_ms = took.as_millis() as u64,
-                "admin search indexes built"
-            );
+                error = %err,
+                "admin search indexes not built; the next sync run tries again"
+            ),
+        }
+    }
+
+    /// Builds the admin search's indexes that a stopped run left aside (a process killed
+    /// during a bulk load), unless a run is under way: it builds them itself. For the worker's
+    /// start, so the search is not left without them until the next run.
+    pub async fn repair_search_indexes(&self) -> Result<(), sqlx::Error> {
+        let mut lock_conn = self.db.acquire().await?;
+        lock_conn.close_on_drop();
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(RUN_LOCK_KEY)
+            .fetch_one(&mut *lock_conn)
+            .await?;
+        if locked {
+            self.ensure_search_indexes(None).await;
+            release(lock_conn).await;
         }
         Ok(())
     }
@@ -231,14 +257,15 @@ impl Syncer {
         self.count_sql(1);
         let started_at = run.started_at.unwrap_or_else(Utc::now);
         tracing::info!(run = run.id, mode = %run.mode, attempt = run.attempts, "user sync started");
-        // A run that stopped during a bulk load left the search's indexes aside.
-        self.ensure_search_indexes(run.id).await?;
         let mut progress = Progress::default();
         let clock = Instant::now();
         match run.mode {
             SyncMode::Full => self.full(run.id, started_at, &mut progress).await?,
             SyncMode::Incremental => match self.watermark().await? {
                 Some(watermark) => {
+                    // A run that stopped during a bulk load left the search's indexes aside.
+                    // (A full run decides first whether it is a bulk load itself.)
+                    self.ensure_search_indexes(Some(run.id)).await;
                     let done = self.incremental(run.id, watermark, &mut progress).await?;
                     if !done {
                         sync_runs::set_mode(&self.db, run.id, SyncMode::Full).await?;

@@ -29,6 +29,8 @@ impl Syncer {
         if page.total > self.options.paging_limit {
             return self.full_by_export(run_id, started_at, progress).await;
         }
+        // A run that stopped during a bulk load left the search's indexes aside.
+        self.ensure_search_indexes(Some(run_id)).await;
         let mut page_no = 0u32;
         loop {
             // The page's length, not what could be stored of it, says whether more follow.
