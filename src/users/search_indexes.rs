@@ -97,12 +97,7 @@ pub fn is_bulk_load(held: u64, expected_users: u64, min_users: u64) -> bool {
 /// the indexes up to date as any write does.
 pub async fn set_aside(db: &PgPool) -> Result<bool, sqlx::Error> {
     let mut conn = db.acquire().await?;
-    let mut tx = conn.begin().await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"
-    )))
-    .execute(&mut *tx)
-    .await?;
+    let mut tx = begin_with_lock_timeout(&mut conn).await?;
     let names = SEARCH_INDEXES.map(|index| index.name).join(", ");
     match sqlx::query(sqlx::AssertSqlSafe(format!("DROP INDEX IF EXISTS {names}")))
         .execute(&mut *tx)
@@ -201,12 +196,7 @@ async fn with_lock_timeout(db: &PgPool, statement: &str) -> Result<(), sqlx::Err
     let mut attempt = 1;
     loop {
         let mut conn = db.acquire().await?;
-        let mut tx = conn.begin().await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"
-        )))
-        .execute(&mut *tx)
-        .await?;
+        let mut tx = begin_with_lock_timeout(&mut conn).await?;
         match sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
             .execute(&mut *tx)
             .await
@@ -220,6 +210,19 @@ async fn with_lock_timeout(db: &PgPool, statement: &str) -> Result<(), sqlx::Err
             Err(err) => return Err(err),
         }
     }
+}
+
+/// A transaction whose statements wait at most [`LOCK_TIMEOUT`] for a lock.
+async fn begin_with_lock_timeout(
+    conn: &mut sqlx::PgConnection,
+) -> Result<sqlx::Transaction<'_, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    Ok(tx)
 }
 
 #[cfg(test)]

@@ -210,17 +210,26 @@ impl Syncer {
     /// during a bulk load), unless a run is under way: it builds them itself. For the worker's
     /// start, so the search is not left without them until the next run.
     pub async fn repair_search_indexes(&self) -> Result<(), sqlx::Error> {
+        if let Some(lock_conn) = self.try_run_lock().await? {
+            self.ensure_search_indexes(None).await;
+            release(lock_conn).await;
+        }
+        Ok(())
+    }
+
+    /// The run lock: a session lock on a connection of its own, so two workers never execute
+    /// runs at once, even the same run delivered twice. The connection is closed (not pooled)
+    /// when dropped, so the lock cannot outlive its holder on a recycled connection, even when
+    /// the holder is cancelled. `None` when another process holds it.
+    async fn try_run_lock(&self) -> Result<Option<PoolConnection<sqlx::Postgres>>, sqlx::Error> {
         let mut lock_conn = self.db.acquire().await?;
         lock_conn.close_on_drop();
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(RUN_LOCK_KEY)
             .fetch_one(&mut *lock_conn)
             .await?;
-        if locked {
-            self.ensure_search_indexes(None).await;
-            release(lock_conn).await;
-        }
-        Ok(())
+        self.count_sql(1);
+        Ok(locked.then_some(lock_conn))
     }
 
     fn count_sql(&self, n: u64) {
@@ -232,19 +241,9 @@ impl Syncer {
     /// `Ok(None)`: the run is unknown or already finished (a duplicate delivery). On `Err` the
     /// row is left as it was (running): the caller decides between retrying and failing it.
     pub async fn execute(&self, run_id: i64) -> Result<Option<SyncRun>, SyncError> {
-        // A session lock on a connection of its own: two workers never execute runs at once,
-        // even the same run delivered twice. Closed (not pooled) afterwards so the lock cannot
-        // outlive this attempt on a recycled connection, even when the attempt is cancelled.
-        let mut lock_conn = self.db.acquire().await?;
-        lock_conn.close_on_drop();
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(RUN_LOCK_KEY)
-            .fetch_one(&mut *lock_conn)
-            .await?;
-        self.count_sql(1);
-        if !locked {
+        let Some(lock_conn) = self.try_run_lock().await? else {
             return Err(SyncError::Busy);
-        }
+        };
         let result = self.execute_locked(run_id).await;
         release(lock_conn).await;
         result
