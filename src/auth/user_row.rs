@@ -6,9 +6,27 @@
 use sqlx::PgPool;
 
 use super::oidc::VerifiedLogin;
-use crate::users::storable;
+use crate::users::{storable, store};
 
+/// Writes the row; a profile Postgres still refuses ([`store::is_row_data_error`]: a claim too
+/// large for the search's order index, say) is logged and left out, and the sign-in goes on
+/// with the row as it was (or a bare one), as the sync skips such a profile.
 pub async fn upsert_from_login(db: &PgPool, login: &VerifiedLogin) -> Result<(), sqlx::Error> {
+    match upsert(db, &login.sub, Some(login)).await {
+        Err(err) if store::is_row_data_error(&err) => {
+            tracing::warn!(
+                user_id = ?login.sub,
+                reason = %err,
+                "the ID token's profile cannot be stored; signed in without it"
+            );
+            upsert(db, &login.sub, None).await
+        }
+        done => done,
+    }
+}
+
+async fn upsert(db: &PgPool, sub: &str, login: Option<&VerifiedLogin>) -> Result<(), sqlx::Error> {
+    let profile = login.map(|l| &l.profile);
     sqlx::query(
         "INSERT INTO users (user_id, email, email_verified, name, nickname, picture, last_login)
          VALUES ($1, $2, $3, $4, $5, $6, now())
@@ -28,12 +46,20 @@ pub async fn upsert_from_login(db: &PgPool, login: &VerifiedLogin) -> Result<(),
              deleted_at = NULL,
              auth0_deleted_at = NULL",
     )
-    .bind(&login.sub)
-    .bind(login.profile.email.as_deref().map(storable::text))
-    .bind(login.profile.email_verified)
-    .bind(login.profile.name.as_deref().map(storable::text))
-    .bind(login.profile.nickname.as_deref().map(storable::text))
-    .bind(login.profile.picture.as_deref().map(storable::text))
+    .bind(sub)
+    .bind(profile.and_then(|p| p.email.as_deref()).map(storable::text))
+    .bind(profile.and_then(|p| p.email_verified))
+    .bind(profile.and_then(|p| p.name.as_deref()).map(storable::text))
+    .bind(
+        profile
+            .and_then(|p| p.nickname.as_deref())
+            .map(storable::text),
+    )
+    .bind(
+        profile
+            .and_then(|p| p.picture.as_deref())
+            .map(storable::text),
+    )
     .execute(db)
     .await?;
     Ok(())

@@ -235,6 +235,31 @@ async fn claims_in_other_shapes_never_fail_a_sign_in() {
 }
 
 #[tokio::test]
+async fn a_name_too_long_to_store_never_fails_a_sign_in() {
+    let app = spawn_app().await;
+    let emulator = app.emulator.clone().unwrap();
+    // Longer than the admin search's order index holds (`user_search_fits_its_order_index`).
+    emulator
+        .faults()
+        .set_id_token_claims(claims(&[("name", json!("x".repeat(3000)))]));
+    let (browser, callback) = sign_in(&app, "long-name@example.com").await;
+    assert_eq!(
+        callback.status(),
+        StatusCode::SEE_OTHER,
+        "{}",
+        callback.text().await.unwrap_or_default()
+    );
+    assert_eq!(me(&app, &browser).await["email"], "long-name@example.com");
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM users WHERE last_login > now() - interval '1 minute'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(rows, 1, "the row is written without the profile");
+}
+
+#[tokio::test]
 async fn a_token_response_the_app_cannot_read_is_a_provider_error() {
     let app = spawn_app().await;
     let emulator = app.emulator.clone().unwrap();
