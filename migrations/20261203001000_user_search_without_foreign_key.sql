@@ -75,8 +75,9 @@ BEGIN
     RETURN NULL;
 END $$;
 
--- A row the order index (20261201004003) could not hold is refused as it is written, whether
--- the index is there or not: a first sync builds the index after its load
+-- A row over a conservative bound of what the order index (20261201004003) can hold is
+-- refused as it is written, whether the index is there or not (the index itself compresses
+-- and held some larger rows): a first sync builds the index after its load
 -- (`src/users/search_indexes.rs`), and a row that got in meanwhile would make that build fail
 -- for good. A B-tree entry holds at most about 2,700 bytes; 2,600 bytes of id, email and name
 -- leave room for the entry's own overhead. No profile Auth0 accepts comes near it (a name has

@@ -35,9 +35,11 @@ pub struct SearchIndex {
 ///
 /// A B-tree refuses an entry larger than about 2,700 bytes (error 54000), so the order index
 /// could refuse a row the load wrote while it was aside, and its build would then fail for
-/// good. The `user_search_fits_its_order_index` check (migration 20261203001000) refuses such
-/// a row as it is written, index or no index, and the sync skips its profile like any other
-/// Postgres refuses. The GIN indexes hold trigrams and refuse no row.
+/// good. The `user_search_fits_its_order_index` check (migration 20261203001000) refuses, as
+/// it is written, index or no index, any row over a conservative bound (2,600 bytes of id,
+/// email and name before compression; the index compresses, so it held some larger rows), and
+/// the sync skips its profile like any other Postgres refuses. The GIN indexes hold trigrams
+/// and refuse no row.
 pub const SEARCH_INDEXES: [SearchIndex; 3] = [
     SearchIndex {
         name: "user_search_email_trgm_idx",
@@ -130,30 +132,38 @@ pub async fn ensure(db: &PgPool) -> Result<(Vec<&'static str>, Duration), sqlx::
     )
     .fetch_all(db)
     .await?;
-    let missing: VecDeque<(SearchIndex, bool)> = SEARCH_INDEXES
+    let missing: VecDeque<SearchIndex> = SEARCH_INDEXES
         .into_iter()
-        .filter_map(
-            |index| match present.iter().find(|(name, _)| name == index.name) {
-                Some((_, true)) => None,
-                Some((_, false)) => Some((index, true)),
-                None => Some((index, false)),
-            },
-        )
+        .filter(|index| {
+            !present
+                .iter()
+                .any(|(name, valid)| name == index.name && *valid)
+        })
         .collect();
     if missing.is_empty() {
         return Ok((Vec::new(), clock.elapsed()));
     }
-    let built = missing.iter().map(|(index, _)| index.name).collect();
+    // Invalid leftovers first, one short transaction, before any build: a `DROP INDEX` waits
+    // for a build under way, and everything on the table would queue behind it.
+    let invalid: Vec<&str> = missing
+        .iter()
+        .filter(|index| present.iter().any(|(name, _)| name == index.name))
+        .map(|index| index.name)
+        .collect();
+    if !invalid.is_empty() {
+        with_lock_timeout(db, &format!("DROP INDEX IF EXISTS {}", invalid.join(", "))).await?;
+    }
+    let built = missing.iter().map(|index| index.name).collect();
     let queue = Arc::new(Mutex::new(missing));
     let mut builders = JoinSet::new();
     for _ in 0..BUILDERS {
         let (db, queue) = (db.clone(), queue.clone());
         builders.spawn(async move {
             loop {
-                let Some((index, invalid)) = queue.lock().await.pop_front() else {
+                let Some(index) = queue.lock().await.pop_front() else {
                     return Ok(());
                 };
-                build(&db, index, invalid).await?;
+                build(&db, index).await?;
             }
         });
     }
@@ -167,12 +177,8 @@ pub async fn ensure(db: &PgPool) -> Result<(Vec<&'static str>, Duration), sqlx::
     outcome.map(|()| (built, clock.elapsed()))
 }
 
-/// One index: an `invalid` leftover of the same name is dropped first, in a transaction of its
-/// own (a `DROP INDEX` holds the table to itself until its transaction ends).
-async fn build(db: &PgPool, index: SearchIndex, invalid: bool) -> Result<(), sqlx::Error> {
-    if invalid {
-        with_lock_timeout(db, &format!("DROP INDEX IF EXISTS {}", index.name)).await?;
-    }
+/// One index.
+async fn build(db: &PgPool, index: SearchIndex) -> Result<(), sqlx::Error> {
     let clock = std::time::Instant::now();
     with_lock_timeout(
         db,
