@@ -388,6 +388,16 @@ user_fields! {
     raw_only { username, phone_number, phone_verified, given_name, family_name, last_ip }
 }
 
+/// The names of [`COLUMNS`] as a column list: `user_id, email, ...` (for `INSERT`, `COPY`
+/// and the like).
+pub fn column_list() -> String {
+    COLUMNS
+        .iter()
+        .map(|c| c.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The column whose [`Merge::Version`] decides which profile is newer.
 pub fn version_column() -> &'static str {
     COLUMNS

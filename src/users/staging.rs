@@ -18,7 +18,7 @@ use sqlx::{Connection, PgConnection, PgPool, pool::PoolConnection};
 
 use super::{
     auth0_user::Auth0User,
-    fields::{COLUMNS, Cell},
+    fields::{COLUMNS, Cell, column_list},
     store::{BatchOutcome, Destination, WriteOutcome, merge_sql, newest_per_user, write_isolating},
 };
 
@@ -42,12 +42,10 @@ static CREATE_TABLE: LazyLock<String> = LazyLock::new(|| {
 });
 
 static COPY_IN: LazyLock<String> = LazyLock::new(|| {
-    let columns = COLUMNS
-        .iter()
-        .map(|c| c.name)
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!("COPY sync_staging ({columns}) FROM STDIN (FORMAT binary)")
+    format!(
+        "COPY sync_staging ({}) FROM STDIN (FORMAT binary)",
+        column_list()
+    )
 });
 
 static MERGE: LazyLock<String> = LazyLock::new(|| merge_sql("", "sync_staging"));
@@ -56,12 +54,10 @@ static MERGE: LazyLock<String> = LazyLock::new(|| merge_sql("", "sync_staging"))
 /// for them (the profile, `synced_at` = the transaction's `now()`, the other columns their
 /// defaults), without the staging table and the merge's conflict checks.
 static COPY_NEW_USERS: LazyLock<String> = LazyLock::new(|| {
-    let columns = COLUMNS
-        .iter()
-        .map(|c| c.name)
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!("COPY users ({columns}, synced_at) FROM STDIN (FORMAT binary)")
+    format!(
+        "COPY users ({}, synced_at) FROM STDIN (FORMAT binary)",
+        column_list()
+    )
 });
 
 /// A session with the staging table; see the module documentation.

@@ -233,11 +233,7 @@ pub(crate) fn newest_per_user(users: &[Auth0User]) -> Vec<&Auth0User> {
 /// - [`Merge::KeepKnown`]: a value the profile leaves unknown keeps the stored one, which a
 ///   sign-in may have written; [`Merge::Latest`] only moves forward; [`Merge::AsSent`] replaces.
 pub(crate) fn merge_sql(prelude: &str, input: &str) -> String {
-    let columns = COLUMNS
-        .iter()
-        .map(|c| c.name)
-        .collect::<Vec<_>>()
-        .join(", ");
+    let columns = fields::column_list();
     let set = COLUMNS
         .iter()
         .filter_map(|c| {
@@ -295,11 +291,7 @@ static UPSERT_FROM_ARRAYS: LazyLock<String> = LazyLock::new(|| {
         })
         .collect::<Vec<_>>()
         .join(", ");
-    let names = COLUMNS
-        .iter()
-        .map(|c| c.name)
-        .collect::<Vec<_>>()
-        .join(", ");
+    let names = fields::column_list();
     merge_sql(
         &format!("input AS (SELECT * FROM UNNEST({arrays}) AS t({names})),"),
         "input",
